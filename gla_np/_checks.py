@@ -1,0 +1,80 @@
+"""Input checks shared by every public function.
+
+Bad input must fail early with a ValueError that names the argument and says what was expected,
+never with a NumPy traceback from deep inside a computation or, worse, a silent wrong answer.
+These helpers keep those messages uniform. They are deliberately small: reading a forward pass,
+you can skip every line that starts with ``check_``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def check_array(name, x, *, ndim=None, min_ndim=None, dtype_float=True, finite=True):
+    """Return ``x`` as an ndarray after checking its rank, dtype and values.
+
+    ``ndim`` asks for an exact rank, ``min_ndim`` for a lower bound. Float arrays must be float32
+    or float64 (the two precisions gla_np supports) and, unless ``finite=False``, contain no
+    nan or inf.
+    """
+    if not isinstance(x, np.ndarray):
+        if x is None or isinstance(x, (str, bytes, dict)):
+            raise ValueError(f"{name}: expected a NumPy array, got {type(x).__name__}")
+        x = np.asarray(x)
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {x.shape}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {x.shape}")
+    if dtype_float:
+        if x.dtype.type not in FLOAT_DTYPES:
+            raise ValueError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
+        if finite and not np.isfinite(x).all():
+            raise ValueError(f"{name}: contains nan or inf; expected finite values")
+    return x
+
+
+def check_shape(name, x, expected):
+    """Check ``x.shape == expected``; ``None`` in ``expected`` matches any size."""
+    ok = len(x.shape) == len(expected) and all(
+        e is None or e == s for s, e in zip(x.shape, expected)
+    )
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
+    return x
+
+
+def check_same_dtype(**arrays):
+    """Check that all non-None arrays share one float dtype; return it."""
+    named = [(n, a) for n, a in arrays.items() if a is not None]
+    dtypes = {a.dtype for _, a in named}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{n}: {a.dtype}" for n, a in named)
+        raise ValueError(f"expected one dtype for all inputs, got {listing}")
+    return named[0][1].dtype
+
+
+def check_positive_int(name, value):
+    """Check that ``value`` is an int >= 1 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_rate(name, value):
+    """Check that ``value`` is a probability in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+    return value

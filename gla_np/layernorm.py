@@ -1,0 +1,89 @@
+"""Layer normalization over the last axis: y = (x - mean) / sqrt(var + eps) * w + b.
+
+The GLA paper normalizes each head's output with LayerNorm, and Edifice's blocks use it before
+attention and the feed-forward part. Statistics are per row (every leading index), over the last
+axis of size D; w and b are shared by all rows. The variance is the biased one (divide by D) and
+is computed from centred values (two passes), which stays accurate when |mean| >> std.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np._checks import check_array, check_same_dtype, check_shape
+
+
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < np.inf:
+        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+    return float(eps)
+
+
+class LayerNormCache(NamedTuple):
+    """Stores the normalized input and the per-row 1/std; backward recomputes no statistics.
+
+    x_hat and rstd are all that the compact dx formula needs (it never uses x or the mean).
+    """
+
+    x_hat: np.ndarray  # (..., D): (x - mean) * rstd
+    rstd: np.ndarray  # (..., 1): 1 / sqrt(var + eps), kept with a size-1 axis to broadcast
+    w: np.ndarray  # (D,)
+
+
+def forward(x, w, b, eps=1e-5):
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b, statistics over the last axis.
+
+    x: (..., D), any number of leading axes (also none).  w, b: (D,).  eps > 0.
+    Returns y: (..., D) in the inputs' dtype (all must share it).
+    """
+    x = check_array("x", x, min_ndim=1)
+    D = x.shape[-1]
+    w = check_array("w", w, ndim=1)
+    check_shape("w", w, (D,))
+    b = check_array("b", b, ndim=1)
+    check_shape("b", b, (D,))
+    check_same_dtype(x=x, w=w, b=b)
+    eps = _check_eps(eps)
+
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mean  # (..., D)
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1.0 / np.sqrt(var + eps)  # (..., 1)
+    x_hat = xc * rstd  # (..., D)
+    y = x_hat * w + b
+    return y, LayerNormCache(x_hat, rstd, w)
+
+
+def backward(dy, cache):
+    """Gradients of LayerNorm. Derivation: docs/derivations/layernorm.md
+
+        g  = dy * w                                               (..., D)
+        dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))       means over the last axis
+        dw = sum over leading axes of dy * x_hat                  (D,)
+        db = sum over leading axes of dy                          (D,)
+
+    ``dy`` (..., D); None means zero. Returns (dx, dw, db).
+    """
+    x_hat, rstd, w = cache
+    if dy is None:
+        return np.zeros_like(x_hat), np.zeros_like(w), np.zeros_like(w)
+    dy = check_array("dy", dy, min_ndim=1)
+    check_shape("dy", dy, x_hat.shape)
+    check_same_dtype(dy=dy, x=x_hat)
+    leading = tuple(range(dy.ndim - 1))  # every axis but the last
+
+    # forward: y = x_hat * w + b, w and b shared by every row
+    # so:      dw = sum_rows dy * x_hat,   db = sum_rows dy,   g = dL/dx_hat = dy * w
+    dw = (dy * x_hat).sum(axis=leading)  # (D,)
+    db = dy.sum(axis=leading)  # (D,)
+    g = dy * w  # (..., D)
+
+    # forward: x_hat = (x - mean(x)) * rstd,  rstd = (var(x) + eps)^(-1/2)
+    # so:      dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))   (docs: the three paths)
+    g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1)
+    gx_mean = (g * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
+    dx = rstd * (g - g_mean - x_hat * gx_mean)  # (..., D)
+    return dx, dw, db

@@ -1,0 +1,63 @@
+"""The logistic sigmoid, sigma(x) = 1 / (1 + exp(-x)), elementwise.
+
+GLA uses it twice, hidden inside other ops: swish (the output gate and SwiGLU) and logsigmoid
+(the log forget gate). Both import ``stable_sigmoid`` from here rather than writing their own.
+
+Numerics. The textbook 1 / (1 + exp(-x)) overflows in exp(-x) for x below about -88 (float32)
+or -709 (float64). We only ever evaluate exp(-|x|), which lies in (0, 1]:
+
+    x >= 0:  sigma(x) = 1 / (1 + e)        with e = exp(-|x|)
+    x <  0:  sigma(x) = e / (1 + e)
+
+For |x| large, e underflows to 0 and the result is exactly 1 or 0: the correctly rounded answer.
+Underflow is the right outcome there, so it is the one floating-point flag we silence (with
+``np.errstate(under="ignore")``), so that even ``np.seterr(all="raise")`` stays quiet.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np._checks import check_array, check_same_dtype, check_shape
+
+
+def stable_sigmoid(x):
+    """sigma(x) for an ndarray, without overflow; no checks, no cache. Keeps ``x``'s dtype."""
+    with np.errstate(under="ignore"):
+        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+class SigmoidCache(NamedTuple):
+    """Stores the output only: sigma' = sigma * (1 - sigma) needs nothing else."""
+
+    y: np.ndarray  # same shape as x: sigma(x)
+
+
+def forward(x):
+    """y = sigma(x), elementwise. x: any shape, float32 or float64; y has x's shape and dtype."""
+    x = check_array("x", x)
+    y = stable_sigmoid(x)
+    return y, SigmoidCache(y)
+
+
+def backward(dy, cache):
+    """Gradient of sigma, elementwise. Derivation: docs/derivations/sigmoid.md
+
+        dx = dy * y * (1 - y)          y = sigma(x), taken from the cache
+
+    ``dy`` None means zero. Returns dx alone (the forward has one array input).
+    """
+    y = cache.y
+    if dy is None:
+        return np.zeros_like(y)
+    dy = check_array("dy", dy)
+    check_shape("dy", dy, y.shape)
+    check_same_dtype(dy=dy, y=y)
+
+    # forward: y = 1 / (1 + exp(-x))   so: dy/dx = exp(-x) / (1 + exp(-x))^2 = y * (1 - y)
+    with np.errstate(under="ignore"):
+        dx = dy * y * (1.0 - y)
+    return dx

@@ -1,0 +1,53 @@
+"""Swish, also called SiLU: swish(x) = x * sigma(x), elementwise.
+
+GLA uses it on the output gate (o = RMSNorm(core) * swish(x W_r)) and inside the SwiGLU
+feed-forward block. Adds over ``sigmoid``: a product rule. The sigmoid itself is the stable one
+from ``gla_np.sigmoid``, so swish is finite for every finite x: swish(+1000) = 1000 and
+swish(-1000) = -0.0, with slopes 1 and 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np._checks import check_array, check_same_dtype, check_shape
+from gla_np.sigmoid import stable_sigmoid
+
+
+class SwishCache(NamedTuple):
+    """Stores the input and its sigmoid; backward recomputes nothing expensive."""
+
+    x: np.ndarray  # any shape: the input
+    s: np.ndarray  # same shape as x: sigma(x)
+
+
+def forward(x):
+    """y = x * sigma(x), elementwise. x: any shape, float32 or float64; y has x's shape and dtype."""
+    x = check_array("x", x)
+    s = stable_sigmoid(x)
+    with np.errstate(under="ignore"):  # x * s may be subnormal for x near -700; that is right
+        y = x * s
+    return y, SwishCache(x, s)
+
+
+def backward(dy, cache):
+    """Gradient of swish, elementwise. Derivation: docs/derivations/swish.md
+
+        dx = dy * s * (1 + x * (1 - s))          s = sigma(x)
+
+    ``dy`` None means zero. Returns dx alone (the forward has one array input).
+    """
+    x, s = cache
+    if dy is None:
+        return np.zeros_like(x)
+    dy = check_array("dy", dy)
+    check_shape("dy", dy, x.shape)
+    check_same_dtype(dy=dy, x=x)
+
+    # forward: y = x * s,  s = sigma(x),  ds/dx = s * (1 - s)
+    # so:      dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
+    with np.errstate(under="ignore"):
+        dx = dy * s * (1.0 + x * (1.0 - s))
+    return dx
