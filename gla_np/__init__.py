@@ -20,8 +20,14 @@ from gla_np import linear, sigmoid, swish, logsigmoid, layernorm, rmsnorm
 from gla_np import dropout, embedding, cross_entropy
 
 # -- section: recurrence (issue 3) --
+from gla_np import recurrent, parallel
+from gla_np.attention import gla_attention, gla_attention_backward
 
 # -- section: layer and model (issue 4) --
+from gla_np import block, ffn, gate, gla_layer, model, short_conv
+from gla_np.edifice import (build, build_gated_linear_attention, build_gla_block, output_size,
+                            param_count, recommended_defaults)
+from gla_np.model import GLAConfig
 
 # -- section: training (issue 5) --
 

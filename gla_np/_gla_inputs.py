@@ -50,10 +50,36 @@ def check_gla_inputs(q, k, v, g, initial_state=None, scale=None):
         check_shape("initial_state", _check_ndarray("initial_state", initial_state, 4),
                     (B, H, K, V))
     check_same_dtype(q=q, k=k, v=v, g=g, initial_state=initial_state)
-    if (g > 0).any():
-        raise ValueError(f"g: expected log forget gates <= 0 (g = log of a gate in (0, 1]), "
-                         f"got a maximum of {g.max()!r}")
+    _check_gates("g", g)
     return B, H, T, K, V, _resolve_scale(scale, K)
+
+
+def check_gla_step_inputs(q_t, k_t, v_t, g_t, state=None, scale=None):
+    """The same checks for one position (``recurrent.step``); return ``(B, H, K, V, scale)``.
+
+    q_t, k_t, g_t ``(B, H, K)``; v_t ``(B, H, V)``; state ``(B, H, K, V)`` or None.
+    """
+    q_t = _check_ndarray("q_t", q_t, 3)
+    if min(q_t.shape) < 1:
+        raise ValueError(f"q_t: expected shape (B, H, K) with every size >= 1, got {q_t.shape}")
+    B, H, K = q_t.shape
+    check_shape("k_t", _check_ndarray("k_t", k_t, 3), (B, H, K))
+    check_shape("v_t", _check_ndarray("v_t", v_t, 3), (B, H, None))
+    V = v_t.shape[2]
+    if V < 1:
+        raise ValueError(f"v_t: expected shape (B, H, V) with V >= 1, got {v_t.shape}")
+    check_shape("g_t", _check_ndarray("g_t", g_t, 3), (B, H, K))
+    if state is not None:
+        check_shape("state", _check_ndarray("state", state, 4), (B, H, K, V))
+    check_same_dtype(q_t=q_t, k_t=k_t, v_t=v_t, g_t=g_t, state=state)
+    _check_gates("g_t", g_t)
+    return B, H, K, V, _resolve_scale(scale, K)
+
+
+def _check_gates(name, g):
+    if (g > 0).any():
+        raise ValueError(f"{name}: expected log forget gates <= 0 (the log of a gate in (0, 1]), "
+                         f"got a maximum of {g.max()!r}")
 
 
 def _resolve_scale(scale, K):

@@ -28,6 +28,9 @@ from typing import NamedTuple
 import numpy as np
 
 
+_STREAM = 0x67726164  # "grad": keeps gradcheck's random numbers apart from the caller's
+
+
 class TensorCheck(NamedTuple):
     """The verdict on one input's gradient."""
 
@@ -81,6 +84,8 @@ def gradcheck(forward, backward, inputs, *, douts=None, sample=None, eps=1e-6, r
               gradient, or None for "no gradient on this output" (passed to backward as None).
               By default every output gets a standard normal upstream gradient.
     sample:   check at most this many randomly chosen entries of each input (all if None).
+    seed:     seeds the upstream gradients and the sample, from a stream distinct from
+              ``np.random.default_rng(seed)`` (so they never repeat a test's own draws).
     rtol, atol: an input passes when max_abs_err <= max(atol, rtol * scale), where scale is the
               largest magnitude of the analytic or numeric gradient. atol defaults to the
               rounding noise of the difference quotient, eps_machine / eps * (1 + sum|y * dy|).
@@ -92,7 +97,10 @@ def gradcheck(forward, backward, inputs, *, douts=None, sample=None, eps=1e-6, r
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, numbers.Integral)
                                or sample < 1):
         raise ValueError(f"sample: expected None or a positive integer, got {sample!r}")
-    rng = np.random.default_rng(seed)
+    # A stream of its own: plain default_rng(seed) would hand out the very numbers a test drew
+    # for its inputs with the same seed, so dy could equal x, and x.T @ dy = x.T @ x is
+    # symmetric, which hides a transposed weight gradient.
+    rng = np.random.default_rng([seed, _STREAM])
     originals = {name: x.copy() for name, x in inputs.items()}
 
     outputs, cache = _split(forward(**inputs))

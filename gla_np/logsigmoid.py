@@ -4,7 +4,7 @@ GLA's forget gate lives in log space: g = logsigmoid(z) / tau is always <= 0, so
 alpha = exp(g) is in (0, 1] and cumulative decays are sums of g, never products of alpha.
 
 Numerics. Both naive forms break: log(sigma(x)) gives log(0) = -inf once sigma(x) underflows
-(x below about -104 in float32), and -log(1 + exp(-x)) overflows in exp(-x). Splitting off the
+(x below about -103 in float32), and -log(1 + exp(-x)) overflows in exp(-x). Splitting off the
 part that grows linearly leaves a correction that only ever sees exp(-|x|) in (0, 1]:
 
     logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))

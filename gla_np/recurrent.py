@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
+from gla_np._gla_inputs import (check_gla_inputs, check_gla_step_inputs,
+                                check_gla_upstream)
 
 
 def _step(q_t, k_t, v_t, g_t, state, scale):
@@ -39,12 +40,9 @@ def step(q_t, k_t, v_t, g_t, state, *, scale=None):
     ``(B, H, K, V)`` (``None`` means zeros, the state before the first token). Memory is constant
     in the sequence length. Forward only; ``forward`` runs the same ``_step`` in its loop.
     """
-    arrays = [None if x is None else np.asarray(x)[:, :, None] if isinstance(x, np.ndarray)
-              else x for x in (q_t, k_t, v_t, g_t)]
-    # Reuse the sequence checks with a time axis of length 1 (the names then read q, k, ...).
-    _, _, _, _, _, scale = check_gla_inputs(*arrays, initial_state=state, scale=scale)
+    B, H, K, V, scale = check_gla_step_inputs(q_t, k_t, v_t, g_t, state, scale)
     if state is None:
-        state = np.zeros(k_t.shape + v_t.shape[-1:], dtype=q_t.dtype)
+        state = np.zeros((B, H, K, V), dtype=q_t.dtype)
     return _step(q_t, k_t, v_t, g_t, state, scale)
 
 

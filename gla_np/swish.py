@@ -24,10 +24,10 @@ class SwishCache(NamedTuple):
 
 
 def forward(x):
-    """y = x * sigma(x), elementwise. x: any shape, float32 or float64; y has x's shape and dtype."""
+    """y = x * sigma(x), elementwise. x: any shape, float32 or float64; y keeps its shape, dtype."""
     x = check_array("x", x)
     s = stable_sigmoid(x)
-    with np.errstate(under="ignore"):  # x * s may be subnormal for x near -700; that is right
+    with np.errstate(under="ignore"):  # x * s may round to a subnormal or 0: that is right
         y = x * s
     return y, SwishCache(x, s)
 

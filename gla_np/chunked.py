@@ -1,0 +1,184 @@
+"""The chunkwise form: the paper's hardware-efficient algorithm (Yang et al. 2024, sec. 4.2-4.3).
+
+What it adds over ``parallel``: memory and work linear in T, and matmuls instead of a (T, T, K)
+tensor. Cut the sequence into N chunks of length C (the last may be shorter). With b the
+chunk-local inclusive cumsum of the log gates, l_n = b at chunk n's last row, H_n the state
+entering chunk n (H_0 = S_0) and s the query scale, each output is the sum of two parts:
+
+    inter:  o_t  = s * H_n^T (q_t * exp(b_t))                                          (1)
+    intra:  o_t += sum_{u <= t in chunk n} A_n[t, u] v_u,
+            A_n[t, u] = s * sum_i q_t[i] k_u[i] exp(b_t[i] - b_u[i])                   (2)
+    state:  H_{n+1} = diag(exp l_n) H_n + sum_{u in chunk n} (k_u * exp(l_n - b_u)) v_u^T  (3)
+
+(3) is a short Python loop over chunks; (1) and (2) are batched over all chunks at once. (2) is
+computed with the paper's secondary tiling (sub-chunks of length c, see ``_chunk_tiles``) so
+that every exponent evaluated is <= 0: the tempting factoring q * exp(b) times k * exp(-b)
+overflows float32 inside a single chunk of 64 once the gates are strong.
+docs/derivations/chunked.md has the full argument, and the recurrent form is the reference.
+
+Shapes are head-major: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states ``(B, H, K, V)``.
+Inside, chunked arrays are ``(B, H, N, C, K)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np import _chunk_tiles
+from gla_np._checks import check_positive_int
+from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
+from gla_np.gate_identity import reverse_cumsum
+
+# Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32):
+# smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
+# off-diagonal reference factors; see docs/derivations/chunked.md for the timings.
+DEFAULT_SUB_CHUNK_SIZE = 16
+
+
+def _to_chunks(x, C):
+    """(B, H, T, X) -> (B, H, N, C, X), zero-padding T up to N * C.
+
+    Zero padding is exact: a padded row has g = 0 (gate 1, so b and l are unchanged) and
+    q = k = v = 0 (it writes and reads nothing).
+    """
+    B, H, T, X = x.shape
+    N = -(-T // C)
+    if N * C != T:
+        x = np.pad(x, [(0, 0), (0, 0), (0, N * C - T), (0, 0)])
+    return x.reshape(B, H, N, C, X)
+
+
+def _from_chunks(x, T):
+    """(B, H, N, C, X) -> (B, H, T, X), dropping the padding."""
+    B, H, N, C, X = x.shape
+    return x.reshape(B, H, N * C, X)[:, :, :T]
+
+
+def _chunk_decays(g, C):
+    """Chunk-local inclusive cumsum b (B, H, N, C, K) and its last row l (B, H, N, K)."""
+    b = np.cumsum(_to_chunks(g, C), axis=3)
+    return b, b[:, :, :, -1, :]
+
+
+class ChunkedCache(NamedTuple):
+    """What ``backward`` needs: the inputs and the states at chunk boundaries, nothing per step.
+
+    Memory is O(T (K + V) + (T / C) K V) per head, linear in T with a small constant; the
+    recurrent form's cache holds a K x V state per step. Backward recomputes everything inside
+    a chunk (b, the decays, the intra-chunk scores): cheap batched work in exchange for memory.
+    """
+
+    q: np.ndarray  # (B, H, T, K)
+    k: np.ndarray  # (B, H, T, K)
+    v: np.ndarray  # (B, H, T, V)
+    g: np.ndarray  # (B, H, T, K)
+    states: np.ndarray  # (B, H, N + 1, K, V): states[:, :, n] = H_n, H_0 = S_0, H_N = S_T
+    scale: float
+    chunk_size: int  # C actually used: min(chunk_size, T)
+    sub_chunk_size: int  # c actually used: min(sub_chunk_size, C)
+    has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
+
+
+def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_chunk_size=None):
+    """Run the recurrence chunk by chunk: return ``(o, final_state, cache)``.
+
+    Same signature and results as ``recurrent.forward``, plus ``chunk_size`` (C >= 1; the last
+    chunk may be shorter; a C larger than T is used as T) and ``sub_chunk_size`` (c >= 1, the
+    secondary tiling inside a chunk, default ``DEFAULT_SUB_CHUNK_SIZE``; c need not divide C, and
+    a c larger than C is used as C). Neither changes the result beyond rounding.
+    """
+    B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    sub_chunk_size = check_positive_int(
+        "sub_chunk_size", DEFAULT_SUB_CHUNK_SIZE if sub_chunk_size is None else sub_chunk_size)
+    C = min(chunk_size, T)
+    c = min(sub_chunk_size, C)
+    s = q.dtype.type(scale)  # a NumPy scalar of the input dtype: float32 stays float32
+
+    qs, k_c, v_c = s * _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C)
+    b, l = _chunk_decays(g, C)
+
+    # (3) state passing: what chunk n writes, decayed to its end, then a loop over chunks
+    k_to_end = k_c * np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K), exponents <= 0
+    writes = k_to_end.swapaxes(-1, -2) @ v_c  # (B, H, N, K, V)
+    chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
+    N = b.shape[2]
+    states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
+    states[:, :, 0] = 0 if initial_state is None else initial_state
+    for n in range(N):
+        states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
+
+    # (1) inter-chunk: read the entering state with decayed queries
+    o = (qs * np.exp(b)) @ states[:, :, :-1]  # (B, H, N, C, V), exponents <= 0
+    # (2) intra-chunk: tiled scores, then one matmul with the values
+    A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C)
+    o = o + A @ v_c
+
+    cache = ChunkedCache(q, k, v, g, states, scale, C, c, initial_state is not None)
+    return _from_chunks(o, T), states[:, :, N].copy(), cache
+
+
+def backward(do, d_final_state, cache):
+    """Backpropagate through the chunkwise form: return ``(dq, dk, dv, dg, d_initial_state)``.
+
+    With E_n the gradient on the state leaving chunk n (docs/derivations/chunked.md):
+
+        E_{N-1} = d_final_state,   E_{n-1} = diag(exp l_n) E_n + s * sum_{t in n} (q_t exp b_t) do_t^T
+        dq_t = s * exp(b_t) * (H_n do_t) + s * sum_u dA[t, u] exp(b_t - b_u) * k_u
+        dk_u = exp(l_n - b_u) * (E_n v_u) + s * sum_t dA[t, u] exp(b_t - b_u) * q_t
+        dv_u = (k_u exp(l_n - b_u))^T E_n + sum_t A[t, u] do_t,      dA = do v^T (u <= t)
+        dg_t = sum_{tau = t..end of chunk n} (q dq - k dk)_tau + rowsum(H_{n+1} * E_n)
+        d_initial_state = diag(exp l_0) E_0 + s * sum_{t in chunk 0} (q_t exp b_t) do_t^T
+
+    ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
+    forward had no initial state.
+    """
+    q, k, v, g, states, scale, C, c, has_initial_state = cache
+    B, H, T, K = q.shape
+    V = v.shape[3]
+    do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
+    s = q.dtype.type(scale)
+
+    # recompute the chunk-local quantities of the forward
+    q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
+    qs = s * q_c
+    b, l = _chunk_decays(g, C)
+    N = b.shape[2]
+    q_decay = np.exp(b)  # (B, H, N, C, K)
+    k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
+    entering, leaving = states[:, :, :-1], states[:, :, 1:]  # H_n and H_{n+1}, (B, H, N, K, V)
+
+    # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
+    # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
+    read_grad = (qs * q_decay).swapaxes(-1, -2) @ do_c  # (B, H, N, K, V)
+    chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
+    E = np.empty((B, H, N, K, V), dtype=q.dtype)  # E[:, :, n]: gradient on H_{n+1}
+    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
+    for n in range(N - 1, 0, -1):
+        E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
+    d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]
+
+    # forward (1): o_t = s * H_n^T (q_t * exp b_t)
+    # so:  dq_t = s * exp(b_t) * (H_n do_t)
+    dq = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
+    # forward (3): H_{n+1} += sum_u (k_u * exp(l_n - b_u)) v_u^T
+    # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
+    dk = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
+    dv = (k_c * k_decay) @ E  # (B, H, N, C, V)
+
+    # forward (2): o_t += sum_u A[t, u] v_u with A the tiled scores of (s q, k, b)
+    # so:  dA = do v^T on the causal part, dv += A^T do, and dqs, dk through the tiles
+    dqs_intra, dk_intra, dv_intra = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
+    dq = dq + s * dqs_intra
+    dk = dk + dk_intra
+    dv = dv + dv_intra
+
+    # the gate identity applied to each chunk, whose end state H_{n+1} receives E_n:
+    # dg_t = sum_{tau = t..end of chunk} (q dq - k dk)_tau + rowsum(H_{n+1} * E_n)
+    boundary = np.sum(leaving * E, axis=-1)  # (B, H, N, K)
+    dg = reverse_cumsum(q_c * dq - k_c * dk, axis=3) + boundary[:, :, :, None, :]
+
+    grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
+    return (*grads, d_initial_state if has_initial_state else None)

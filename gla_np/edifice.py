@@ -1,0 +1,176 @@
+"""Edifice's GLA API in NumPy: ``build``, the layer and block builders, and the size helpers.
+
+Users of the Elixir library Edifice (``Edifice.Attention.GLA``) find the same names and options
+here, with the same defaults::
+
+    model = build(embed_dim=287)                   # hidden 256, 6 layers, 4 heads of 64 ...
+    y, cache = model.forward(x)                    # x (B, T, 287) -> y (B, 256), last position
+    dx, grads = model.backward(dy, cache)          # what Axon would do for you
+
+What differs, and why (docs/edifice.md has the point-by-point comparison):
+
+- The core is real GLA (a decaying state with a data-dependent low-rank gate, fla's layer);
+  Edifice's core never decays and normalizes by a running sum of 1 + ELU features.
+- Options Edifice lacks are keyword-only: the gate variant, its rank and normalizer, the form
+  of the core, the norm, the short convolution, the dtype, and ``seed`` or ``rng`` for init.
+- ``window_size`` and ``seq_len`` (default: window_size) are accepted and kept in the config,
+  but inputs of ANY length are accepted. Edifice fixes the length because XLA compiles per
+  shape; NumPy compiles nothing, the model has no positional parameters, and streaming with
+  ``step`` runs past any length, so refusing T > seq_len would protect nothing.
+- ``param_count`` is exact (it counts every scalar in ``params``, biases and norms included);
+  like Edifice's, it assumes embed_dim = 287 when none is given.
+
+The returned objects are thin holders of ``config`` and ``params`` that call the pure functions
+of ``gla_np.model``, ``gla_np.block`` and ``gla_np.gla_layer``; they keep no other state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gla_np import block, gla_layer, model
+from gla_np._checks import check_positive_int
+from gla_np.model import GLAConfig
+
+EDIFICE_DEFAULTS = {"hidden_size": 256, "num_layers": 6, "num_heads": 4, "head_dim": 64,
+                    "expand_factor": 2, "window_size": 60, "dropout": 0.1}
+
+
+def recommended_defaults():
+    """Edifice's recommended configuration, as a fresh dict (same keys and values)."""
+    return dict(EDIFICE_DEFAULTS)
+
+
+def output_size(**opts):
+    """The width of the model's output: ``hidden_size`` (default 256), as in Edifice."""
+    return check_positive_int("hidden_size", opts.get("hidden_size", 256))
+
+
+def param_count(**opts):
+    """The EXACT number of scalars ``build(**opts).params`` holds (embed_dim defaults to 287).
+
+    Accepts the options of ``build``; ``seed`` and ``rng`` are ignored (they change values only).
+    """
+    opts = {k: v for k, v in opts.items() if k not in ("seed", "rng")}
+    opts.setdefault("embed_dim", 287)
+    return model.param_count(GLAConfig(**opts))
+
+
+def _rng(seed, rng):
+    if rng is not None and seed is not None:
+        raise ValueError("rng: pass either seed or rng, not both")
+    if rng is None:
+        return np.random.default_rng(seed)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected an np.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+@dataclasses.dataclass
+class GLAModel:
+    """config + params, with the model's pure functions as methods."""
+
+    config: GLAConfig
+    params: dict
+
+    def forward(self, x, *, training=False, rng=None, return_sequence=False):
+        """x (B, T, embed_dim) -> (y, cache); y (B, hidden_size), or (B, T, hidden_size)."""
+        return model.forward(self.params, x, self.config, training=training, rng=rng,
+                             return_sequence=return_sequence)
+
+    def backward(self, dy, cache):
+        """(dx, grads), grads keyed like ``params``."""
+        return model.backward(dy, cache)
+
+    def init_state(self, batch):
+        """Per-layer streaming states before the first token."""
+        return model.init_state(self.config, batch)
+
+    def step(self, x_t, state):
+        """One position: x_t (B, embed_dim) -> (y_t (B, hidden_size), new_state)."""
+        return model.step(self.params, x_t, state, self.config)
+
+
+@dataclasses.dataclass
+class GLALayer:
+    """One GLA layer (pre-norm, token mixer, dropout, residual) on (B, T, hidden_size)."""
+
+    config: GLAConfig
+    params: dict
+
+    def forward(self, x, *, training=False, rng=None):
+        return gla_layer.forward(self.params, x, self.config, training=training, rng=rng)
+
+    def backward(self, dy, cache):
+        return gla_layer.backward(dy, cache)
+
+    def init_state(self, batch):
+        return gla_layer.init_state(self.config, check_positive_int("batch", batch))
+
+    def step(self, x_t, state):
+        return gla_layer.step(self.params, x_t, state, self.config)
+
+
+@dataclasses.dataclass
+class GLABlock:
+    """One block (GLA layer then SwiGLU feed-forward, each with residual) on (B, T, hidden)."""
+
+    config: GLAConfig
+    params: dict
+
+    def forward(self, x, *, training=False, rng=None):
+        return block.forward(self.params, x, self.config, training=training, rng=rng)
+
+    def backward(self, dy, cache):
+        return block.backward(dy, cache)
+
+    def init_state(self, batch):
+        return gla_layer.init_state(self.config, check_positive_int("batch", batch))
+
+    def step(self, x_t, state):
+        return block.step(self.params, x_t, state, self.config)
+
+
+def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=64,
+          expand_factor=2, dropout=0.1, window_size=60, seq_len=None, *, gate_rank=16,
+          gate_normalizer=16, form="chunk", chunk_size=64, norm="rmsnorm", norm_eps=1e-6,
+          gate="vector", use_short_conv=False, conv_size=4, dtype="float64", seed=None,
+          rng=None):
+    """Edifice's ``GLA.build``: a whole model, freshly initialized. ``embed_dim`` is required.
+
+    Returns a ``GLAModel``. Init draws from ``rng`` or, if none, ``np.random.default_rng(seed)``.
+    """
+    if embed_dim is None:
+        raise ValueError("embed_dim: required (the width of each input position), got None")
+    config = GLAConfig(
+        embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers,
+        num_heads=num_heads, head_dim=head_dim, expand_factor=expand_factor, dropout=dropout,
+        window_size=window_size, seq_len=seq_len, gate=gate, gate_rank=gate_rank,
+        gate_normalizer=gate_normalizer, form=form, chunk_size=chunk_size, norm=norm,
+        norm_eps=norm_eps, use_short_conv=use_short_conv, conv_size=conv_size, dtype=dtype)
+    return GLAModel(config, model.init_params(config, _rng(seed, rng)))
+
+
+def _part_config(opts):
+    opts = dict(opts)
+    opts.setdefault("embed_dim", opts.get("hidden_size", 256))  # a part maps hidden to hidden
+    return GLAConfig(**opts)
+
+
+def build_gated_linear_attention(*, seed=None, rng=None, **opts):
+    """Edifice's ``build_gated_linear_attention``: one layer (with pre-norm and residual).
+
+    Takes the options of ``build`` (hidden_size, num_heads, head_dim, dropout, gate, ...).
+    Edifice wires the layer into an Axon graph given an input node; here it is a ``GLALayer``
+    holding its own params (names as in ``gla_layer.init_params``).
+    """
+    config = _part_config(opts)
+    return GLALayer(config, gla_layer.init_params(config, _rng(seed, rng)))
+
+
+def build_gla_block(*, seed=None, rng=None, **opts):
+    """Edifice's ``build_gla_block``: one block (layer, then SwiGLU feed-forward) as a ``GLABlock``."""
+    config = _part_config(opts)
+    return GLABlock(config, block.init_params(config, _rng(seed, rng)))

@@ -1,0 +1,105 @@
+"""The token-level model for the toy tasks: embedding, the GLA stack, an output head, the loss.
+
+    x      = E[ids]                      (B, T, D)   gla_np.embedding           (1)
+    h      = GLA-model(x)                (B, T, D)   gla_np.model, every position (2)
+    logits = h W_head                    (B, T, V)   gla_np.linear, no bias     (3)
+    loss   = mean CE(logits, targets)    scalar      over target positions only (4)
+
+The model's ``embed_dim`` must equal its ``hidden_size`` (the embedding already has the model's
+width, so the stack needs no input projection). The stack ends with its own norm, so the head
+reads normalised features. Params: ``"embedding.weight"`` (V, D), the stack's own names (from
+``gla_np.model.init_params``, which never start with "embedding" or "head") and
+``"head.weight"`` (D, V). Embedding and head are separate matrices (not tied) and start as
+N(0, 0.02^2) like every other weight.
+
+Nothing new is derived here: each step's backward is its module's, chained in reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gla_np import cross_entropy, embedding, linear, model
+from gla_np._checks import check_positive_int
+from gla_np._params import normal
+
+EMBEDDING, HEAD = "embedding.weight", "head.weight"
+
+
+def _check_config(config):
+    if config.embed_dim != config.hidden_size:
+        raise ValueError(f"config: expected embed_dim == hidden_size for the token model (no "
+                         f"input projection), got {config.embed_dim} and {config.hidden_size}")
+
+
+def init_params(config, vocab_size, rng):
+    """Embedding, then the stack, then the head, drawn from ``rng`` in that order."""
+    _check_config(config)
+    V = check_positive_int("vocab_size", vocab_size)
+    D, dt = config.hidden_size, np.dtype(config.dtype)
+    params = {EMBEDDING: normal(rng, (V, D), dt)}
+    params.update(model.init_params(config, rng))
+    params[HEAD] = normal(rng, (D, V), dt)
+    return params
+
+
+def _stack(params):
+    """The stack's own params: everything except the embedding and the head."""
+    return {name: p for name, p in params.items() if name not in (EMBEDDING, HEAD)}
+
+
+class LMCache(NamedTuple):
+    """The three children's caches by name; nothing extra is stored or recomputed here."""
+
+    embedding: Any  # EmbeddingCache of (1)
+    stack: Any  # the model's cache of (2)
+    head: Any  # LinearCache of (3)
+
+
+def forward(params, ids, config, *, training=False, rng=None):
+    """ids: int (B, T), values in [0, vocab). Returns ``(logits, cache)``, logits (B, T, V).
+
+    ``training`` turns dropout on; it then draws from ``rng``.
+    """
+    _check_config(config)
+    for name in (EMBEDDING, HEAD):
+        if name not in params:
+            raise ValueError(f"params: expected an entry {name!r} (see lm.init_params)")
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids: expected shape (B, T), got {ids.shape}")
+    x, c_emb = embedding.forward(ids, params[EMBEDDING])  # (B, T, D)
+    h, c_stack = model.forward(_stack(params), x, config, training=training, rng=rng,
+                               return_sequence=True)  # (B, T, D)
+    logits, c_head = linear.forward(h, params[HEAD])  # (B, T, V)
+    return logits, LMCache(c_emb, c_stack, c_head)
+
+
+def backward(dlogits, cache):
+    """Gradients of every parameter, keyed like ``params`` (the ids are integers: no dids).
+
+        dh, dW_head = linear'(dlogits)       (3)
+        dx, grads   = model'(dh)             (2)
+        dE          = embedding'(dx)         (1)
+
+    Each line is its module's backward (docs/derivations/linear.md, docs/derivations/embedding.md
+    and the model's pages).
+    """
+    dh, dW_head, _ = linear.backward(dlogits, cache.head)
+    dx, grads = model.backward(dh, cache.stack)
+    dE = embedding.backward(dx, cache.embedding)
+    return {EMBEDDING: dE, **grads, HEAD: dW_head}
+
+
+def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
+    """Forward, loss (4) and backward in one call. Returns ``(loss, grads, logits)``.
+
+    targets: int (B, T) with ``tasks.IGNORE`` (-100) where nothing is asked. ``loss`` is a
+    Python float, the mean cross-entropy over the target positions.
+    """
+    logits, cache = forward(params, ids, config, training=training, rng=rng)
+    loss, c_loss = cross_entropy.forward(logits, targets, ignore_index=-100)
+    dlogits = cross_entropy.backward(None, c_loss)  # (B, T, V)
+    return float(loss), backward(dlogits, cache), logits

@@ -1,0 +1,233 @@
+"""The GLA model: input projection, a stack of blocks, a final norm. Pure functions plus a config.
+
+    h_0 = x W_in + b_in              only when embed_dim != hidden_size (Edifice)     (1)
+    h_l = block_l(h_{l-1})           l = 1..num_layers (gla_np.block)                  (2)
+    y   = Norm(h_L)[:, -1]           the last position, (B, hidden_size); or all of it (3)
+
+Parameters are one flat dict with dotted names: ``input_proj.W``, ``blocks.0.attn.W_q``,
+``blocks.0.ffn.W_up``, ``final_norm.w`` ... (``param_shapes`` lists them all). No name starts
+with ``embedding`` or ``head``: a language model adds those around this one.
+
+``init_state`` and ``step`` run the same model one position at a time with a constant-size state
+per layer (streaming inference); ``step`` and ``forward(..., return_sequence=True)`` agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gla_np import block, gla_layer, linear
+from gla_np._checks import (check_array, check_choice, check_positive_int, check_rate,
+                             check_shape)
+from gla_np._params import check_input, norm_backward, norm_forward, norm_init, normal, put, take
+from gla_np.gate import GATES
+
+FORMS = ("recurrent", "parallel", "chunk")
+NORMS = ("rmsnorm", "layernorm")
+DTYPES = ("float64", "float32")
+
+
+def _check_positive_real(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class GLAConfig:
+    """Every size and option of the model, checked once here (ValueError naming the option).
+
+    Defaults are Edifice's (hidden 256, 6 layers, 4 heads of 64, FFN x2, dropout 0.1, window 60)
+    and fla's for what Edifice lacks (gate rank 16, normalizer 16, RMSNorm). ``seq_len`` (default
+    ``window_size``) records the length the model is meant for; it is not enforced (see
+    docs/edifice.md: nothing is compiled per length, and streaming runs past any length).
+    """
+
+    embed_dim: int
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    head_dim: int = 64
+    expand_factor: int = 2
+    dropout: float = 0.1
+    window_size: int = 60
+    seq_len: int | None = None
+    gate: str = "vector"
+    gate_rank: int = 16
+    gate_normalizer: float = 16
+    form: str = "chunk"
+    chunk_size: int = 64
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    use_short_conv: bool = False
+    conv_size: int = 4
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        for name in ("embed_dim", "hidden_size", "num_layers", "num_heads", "head_dim",
+                     "expand_factor", "window_size", "gate_rank", "chunk_size", "conv_size"):
+            object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+        seq_len = self.window_size if self.seq_len is None else self.seq_len
+        object.__setattr__(self, "seq_len", check_positive_int("seq_len", seq_len))
+        object.__setattr__(self, "dropout", check_rate("dropout", self.dropout))
+        _check_positive_real("gate_normalizer", self.gate_normalizer)
+        _check_positive_real("norm_eps", self.norm_eps)
+        check_choice("gate", self.gate, GATES)
+        check_choice("form", self.form, FORMS)
+        check_choice("norm", self.norm, NORMS)
+        if not isinstance(self.use_short_conv, bool):
+            raise ValueError(f"use_short_conv: expected True or False, "
+                             f"got {self.use_short_conv!r}")
+        dtype = self.dtype
+        if not isinstance(dtype, str):
+            dtype = np.dtype(dtype).name if dtype in (np.float32, np.float64) else repr(dtype)
+        object.__setattr__(self, "dtype", check_choice("dtype", dtype, DTYPES))
+
+
+def param_shapes(config):
+    """Every parameter's name and shape, in init order: the single source of the param count."""
+    D, H, K, R, W = (config.hidden_size, config.num_heads, config.head_dim, config.gate_rank,
+                     config.conv_size)
+    HK = H * K  # V = K: one head_dim for keys and values, as Edifice and fla's defaults
+    norm = {"w": (D,), "b": (D,)} if config.norm == "layernorm" else {"w": (D,)}
+    gate = {"vector": {"W1": (D, R), "W2": (R, HK), "b2": (HK,)}, "scalar": {"W": (D, H),
+            "b": (H,)}}.get(config.gate, {})
+    attn = {**put(norm, "norm."), "W_q": (D, HK), "W_k": (D, HK), "W_v": (D, HK)}
+    if config.use_short_conv:
+        attn.update({"conv_q": (W, HK), "conv_k": (W, HK), "conv_v": (W, HK)})
+    attn.update({**put(gate, "gate."), "W_r": (D, HK), "o_norm.w": (K,), "W_o": (HK, D)})
+    F = D * config.expand_factor
+    ffn = {**put(norm, "norm."), "W_gate": (D, F), "W_up": (D, F), "W_down": (F, D)}
+    shapes = {}
+    if config.embed_dim != D:
+        shapes.update({"input_proj.W": (config.embed_dim, D), "input_proj.b": (D,)})
+    for i in range(config.num_layers):
+        shapes.update(put({**put(attn, "attn."), **put(ffn, "ffn.")}, f"blocks.{i}."))
+    shapes.update(put(norm, "final_norm."))
+    return shapes
+
+
+def param_count(config):
+    """The exact number of scalars in ``init_params(config, rng)``."""
+    return sum(math.prod(s) for s in param_shapes(config).values())
+
+
+def init_params(config, rng):
+    """Fresh params (fla's init): linears N(0, 0.02), biases 0, norm weights 1, in config.dtype."""
+    dt = np.dtype(config.dtype)
+    params = {}
+    if config.embed_dim != config.hidden_size:
+        params["input_proj.W"] = normal(rng, (config.embed_dim, config.hidden_size), dt)
+        params["input_proj.b"] = np.zeros(config.hidden_size, dtype=dt)
+    for i in range(config.num_layers):
+        params.update(put(block.init_params(config, rng), f"blocks.{i}."))
+    params.update(put(norm_init(config.norm, config.hidden_size, dt), "final_norm."))
+    return params
+
+
+def _check_params(params, config):
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    for name, shape in param_shapes(config).items():
+        if name not in params:
+            raise ValueError(f"params: missing {name!r} (expected shape {shape})")
+        p = check_array(f"params[{name!r}]", params[name])
+        if p.shape != shape or p.dtype != np.dtype(config.dtype):
+            raise ValueError(f"params[{name!r}]: expected shape {shape} and dtype "
+                             f"{config.dtype}, got {p.shape} {p.dtype}")
+
+
+class ModelCache(NamedTuple):
+    """Children by name: the input projection (None when there is none), each block, the norm."""
+
+    input_proj: Any  # LinearCache of (1), or None
+    blocks: tuple  # num_layers BlockCache
+    final_norm: Any  # NormCache of (3)
+    h_shape: tuple  # (B, T, hidden_size)
+    return_sequence: bool
+    x_shape: tuple  # (B, T, embed_dim), for dx when there is no input projection
+    param_names: tuple  # the model's param names: grads get exactly these keys
+
+
+def forward(params, x, config, *, training=False, rng=None, return_sequence=False):
+    """x (B, T, embed_dim) -> y (B, hidden_size) at the last position, or (B, T, hidden_size).
+
+    Dropout is active only with ``training=True`` and draws from ``rng`` block by block (the same
+    seed gives the same masks). Extra entries in ``params`` (embedding, head) are ignored.
+    Returns ``(y, cache)``.
+    """
+    x = check_input("x", x, config.embed_dim, config.dtype)
+    _check_params(params, config)
+    h, c_in = x, None
+    if config.embed_dim != config.hidden_size:
+        h, c_in = linear.forward(x, params["input_proj.W"], params["input_proj.b"])
+    c_blocks = []
+    for i in range(config.num_layers):
+        h, c = block.forward(take(params, f"blocks.{i}."), h, config, training=training, rng=rng)
+        c_blocks.append(c)
+    hn, c_norm = norm_forward(take(params, "final_norm."), h, config.norm, config.norm_eps)
+    y = hn if return_sequence else hn[:, -1]
+    cache = ModelCache(c_in, tuple(c_blocks), c_norm, h.shape, return_sequence, x.shape,
+                       tuple(param_shapes(config)))
+    return y, cache
+
+
+def backward(dy, cache):
+    """Return ``(dx, grads)``, grads keyed like params. Derivation: docs/derivations/model.md
+
+        dhn = dy at the last position, zero elsewhere (or dy itself with return_sequence)
+        dh_L = Norm'(dhn);  dh_{l-1} = block_l'(dh_l);  dx = dh_0 W_in^T (or dh_0)
+    """
+    c = cache
+    B, T, D = c.h_shape
+    dt = c.final_norm.op.x_hat.dtype
+    # forward (3): y = hn[:, -1]   so: dhn is dy at position T-1 and zero before it
+    dhn = np.zeros((B, T, D), dtype=dt)
+    if dy is not None:
+        dy = check_shape("dy", check_array("dy", dy), (B, T, D) if c.return_sequence else (B, D))
+        if c.return_sequence:
+            dhn[...] = dy
+        else:
+            dhn[:, -1] = dy
+    dh, n_grads = norm_backward(dhn, c.final_norm)
+    grads = put(n_grads, "final_norm.")
+    for i in reversed(range(len(c.blocks))):
+        dh, b_grads = block.backward(dh, c.blocks[i])
+        grads.update(put(b_grads, f"blocks.{i}."))
+    dx = dh
+    if c.input_proj is not None:
+        dx, grads["input_proj.W"], grads["input_proj.b"] = linear.backward(dh, c.input_proj)
+    return dx, {name: grads[name] for name in c.param_names}
+
+
+def init_state(config, batch):
+    """Per-layer streaming states before the first token (zeros): a tuple of LayerState."""
+    batch = check_positive_int("batch", batch)
+    return tuple(gla_layer.init_state(config, batch) for _ in range(config.num_layers))
+
+
+def step(params, x_t, state, config):
+    """One position: x_t (B, embed_dim) -> (y_t (B, hidden_size), new_state). Inference only.
+
+    y_t equals ``forward(..., return_sequence=True)[0][:, t]`` for the t-th call; each call costs
+    the same time and memory however many positions came before.
+    """
+    x_t = check_input("x_t", x_t, config.embed_dim, config.dtype, step=True)
+    if not isinstance(state, tuple) or len(state) != config.num_layers:
+        raise ValueError(f"state: expected a tuple of {config.num_layers} layer states "
+                         f"(from init_state), got {type(state).__name__}")
+    h = x_t
+    if config.embed_dim != config.hidden_size:
+        h, _ = linear.forward(x_t, params["input_proj.W"], params["input_proj.b"])
+    new_state = []
+    for i in range(config.num_layers):
+        h, s = block.step(take(params, f"blocks.{i}."), h, state[i], config)
+        new_state.append(s)
+    y, _ = norm_forward(take(params, "final_norm."), h, config.norm, config.norm_eps)
+    return y, tuple(new_state)

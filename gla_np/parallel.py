@@ -1,0 +1,155 @@
+"""GLA as attention with a data-dependent decay mask: the whole sequence at once.
+
+Adds over ``recurrent``: the loop over time is unrolled into one formula. With G the cumulative
+log gate (G_t = g_1 + ... + g_t), the state S_t is the sum of past writes, each decayed by
+exp(G_t - G_u) per key channel, so
+
+    o_t = scale * sum_{u <= t} sum_i q_t[i] k_u[i] exp(G_t[i] - G_u[i]) v_u  +  S_0 term.
+
+The decay sits INSIDE the q.k sum: it is a (T, T, K) tensor per head, not a (T, T) matrix
+(a scalar gate per head would give the matrix). For teaching and checking only: memory is
+O(B H T^2 K), and inputs whose decay tensor would exceed ``MAX_DECAY_ENTRIES`` are refused.
+Use ``chunked`` for long sequences.
+
+Numerics: every exponent is a log-gate difference G_t - G_u with u <= t, hence <= 0. The u > t
+entries are set to -inf BEFORE exp (exp(-inf) = 0); exponentiating first would overflow there
+(G_t - G_u > 0 grows with t - u), and inf * 0 = nan survives any mask applied afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
+from gla_np.gate_identity import reverse_cumsum
+
+MAX_DECAY_ENTRIES = 2 ** 26  # B*H*T*T*K above this is refused (2**26 float64 entries = 512 MiB)
+
+
+def causal_decay(G):
+    """W[t, u, i] = exp(G_t[i] - G_u[i]) for u <= t, else 0; shape (B, H, T, T, K).
+
+    The mask is applied to the exponent (u > t gets -inf), never to exp's result.
+    """
+    T = G.shape[2]
+    D = G[:, :, :, None, :] - G[:, :, None, :, :]  # (B, H, T, T, K), D[t, u] = G_t - G_u
+    causal = np.tril(np.ones((T, T), dtype=bool))[:, :, None]  # (T, T, 1), u <= t
+    return np.exp(np.where(causal, D, -np.inf))  # (B, H, T, T, K), every exponent <= 0
+
+
+class ParallelCache(NamedTuple):
+    """What ``backward`` needs. Stores the inputs, G and S_0; recomputes the decay tensor W
+    (the one O(T^2 K) array) and the scores A rather than keeping them alive between passes."""
+
+    q: np.ndarray  # (B, H, T, K)
+    k: np.ndarray  # (B, H, T, K)
+    v: np.ndarray  # (B, H, T, V)
+    G: np.ndarray  # (B, H, T, K), inclusive cumulative sum of g over time
+    initial_state: np.ndarray  # (B, H, K, V), zeros when none was given
+    scale: float
+    has_initial_state: bool  # False: backward returns d_initial_state = None
+
+
+def forward(q, k, v, g, *, scale=None, initial_state=None):
+    """Attention with a decay mask: return ``(o, final_state, cache)``, equal to ``recurrent``'s.
+
+    Equations (numbered as in docs/derivations/parallel.md):
+        (1) G = cumsum(g) over time
+        (2) W[t,u,i] = exp(G_t[i] - G_u[i]) if u <= t else 0
+        (3) A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i]
+        (4) o = A v + scale * (q * exp(G)) S_0
+        (5) S_T = diag(exp G_T) S_0 + sum_u (k_u * exp(G_T - G_u)) v_u^T
+    """
+    B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    if B * H * T * T * K > MAX_DECAY_ENTRIES:
+        raise ValueError(f"T: the parallel form builds a (B, H, T, T, K) decay tensor; with "
+                         f"T={T} it has {B * H * T * T * K} entries, over the limit of "
+                         f"{MAX_DECAY_ENTRIES}. Use form='chunk' for long sequences.")
+    S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
+    G = np.cumsum(g, axis=2)  # (1) (B, H, T, K)
+    W = causal_decay(G)  # (2) (B, H, T, T, K)
+    A = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W)  # (3) (B, H, T, T)
+    o = A @ v + scale * (q * np.exp(G)) @ S0  # (4) (B, H, T, V)
+    G_T = G[:, :, -1]  # (B, H, K)
+    kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
+    S_T = np.exp(G_T)[..., None] * S0 + np.swapaxes(kE, 2, 3) @ v  # (5) (B, H, K, V)
+    cache = ParallelCache(q, k, v, G, S0, scale, initial_state is not None)
+    return o, S_T, cache
+
+
+def backward(do, d_final_state, cache):
+    """Backward through (1)-(5): return ``(dq, dk, dv, dg, d_initial_state)``.
+
+    With W, A recomputed, qG = q * exp(G), kE = k * exp(G_T - G), dS_T = d_final_state and
+    dP[t,u,i] = scale * dA[t,u] q_t[i] k_u[i] W[t,u,i] (docs/derivations/parallel.md):
+
+        dA   = do v^T
+        dq   = scale * sum_u dA[t,u] k_u W[t,u] + scale * (do S_0^T) * exp(G)
+        dk   = scale * sum_t dA[t,u] q_t W[t,u] + (v dS_T^T) * exp(G_T - G)
+        dv   = A^T do + kE dS_T
+        dg_s = sum_{t >= s} sum_{u < s} dP[t,u]  +  sum_{t >= s} qG_t * scale (do S_0^T)_t
+               + sum_{u < s} kE_u * (v dS_T^T)_u  +  rowsum(dS_T * exp(G_T) S_0)
+        d_initial_state = scale * qG^T do + diag(exp G_T) dS_T
+
+    Each dg term collects the exponents whose window of gates contains g_s (G_t - G_u sums
+    g_{u+1..t}); no large terms cancel, so dg stays accurate for very strong gates.
+    """
+    q, k, v, G, S0, scale, has_initial_state = cache
+    B, H, T, K = q.shape
+    V = v.shape[3]
+    do, dS_T = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
+    W = causal_decay(G)  # recomputed (2) (B, H, T, T, K)
+    A = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W)  # recomputed (3) (B, H, T, T)
+    expG = np.exp(G)  # (B, H, T, K), exponents <= 0
+
+    # forward (4): o = A v + scale * qG S_0,  qG = q * exp(G)
+    # so:  dA = do v^T,  dv = A^T do,  d(qG) = scale * do S_0^T,  dS_0 = scale * qG^T do,
+    #      dq = d(qG) * exp(G),  and G_t gets d(qG)_t * qG_t
+    dA = do @ np.swapaxes(v, 2, 3)  # (B, H, T, T)
+    dv = np.swapaxes(A, 2, 3) @ do
+    dqG = scale * do @ np.swapaxes(S0, 2, 3)  # (B, H, T, K)
+    dS0 = scale * np.swapaxes(q * expG, 2, 3) @ do  # (B, H, K, V)
+    dq = dqG * expG
+    dg = reverse_cumsum(dqG * q * expG, axis=2)  # G_t = g_1 + ... + g_t: every s <= t
+
+    # forward (3): A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i],  W = exp(G_t - G_u) masked
+    # so:  dq_t += scale sum_u dA[t,u] k_u W[t,u],  dk_u = scale sum_t dA[t,u] q_t W[t,u],
+    #      the exponent G_t - G_u = g_{u+1} + ... + g_t gets dP[t,u] (zero where masked)
+    dq = dq + scale * np.einsum("bhtu,bhui,bhtui->bhti", dA, k, W)
+    dk = scale * np.einsum("bhtu,bhti,bhtui->bhui", dA, q, W)
+    dP = scale * dA[..., None] * q[:, :, :, None, :] * k[:, :, None, :, :] * W  # (B,H,T,T,K)
+    dg = dg + _sum_windows_containing(dP)
+
+    if dS_T is not None:
+        # forward (5): S_T = diag(exp G_T) S_0 + kE^T v,  kE = k * exp(G_T - G)
+        # so:  dv += kE dS_T,  d(kE) = v dS_T^T,  dk += d(kE) * exp(G_T - G),
+        #      dS_0 += diag(exp G_T) dS_T; the exponent G_T - G_u = g_{u+1} + ... + g_T gets
+        #      kE_u * d(kE)_u, and G_T = g_1 + ... + g_T gets rowsum(dS_T * exp(G_T) S_0)
+        G_T = G[:, :, -1]  # (B, H, K)
+        kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
+        dkE = v @ np.swapaxes(dS_T, 2, 3)  # (B, H, T, K)
+        dv = dv + kE @ dS_T
+        dk = dk + dkE * np.exp(G_T[:, :, None, :] - G)
+        dS0 = dS0 + np.exp(G_T)[..., None] * dS_T
+        kE_dkE = kE * dkE  # (B, H, T, K)
+        # every s > u: an exclusive cumsum, built by shifting (cumsum minus the last term, which
+        # is O(1) since exp(G_T - G_T) = 1, would cancel away a dg that strong gates make tiny)
+        before = np.zeros_like(kE_dkE)  # (B, H, T, K), before[s] = sum_{u < s} kE_dkE[u]
+        before[:, :, 1:] = np.cumsum(kE_dkE[:, :, :-1], axis=2)
+        dg = dg + before
+        dg = dg + np.einsum("bhkv,bhkv->bhk", dS_T, np.exp(G_T)[..., None] * S0)[:, :, None]
+    return dq, dk, dv, dg, (dS0 if has_initial_state else None)
+
+
+def _sum_windows_containing(dP):
+    """out[s] = sum over t >= s and u < s of dP[t, u]: the pairs (t, u) whose exponent
+    G_t - G_u = g_{u+1} + ... + g_t contains g_s. dP ``(B, H, T, T, K)``, out ``(B, H, T, K)``."""
+    T = dP.shape[2]
+    from_below = reverse_cumsum(dP, axis=2)  # [s, u] = sum_{t >= s} dP[t, u]
+    and_left = np.cumsum(from_below, axis=3)  # [s, u] = sum_{t >= s, u' <= u} dP[t, u']
+    out = np.zeros(dP.shape[:2] + dP.shape[3:], dtype=dP.dtype)  # (B, H, T, K)
+    s = np.arange(1, T)
+    out[:, :, 1:] = and_left[:, :, s, s - 1]  # s = 0 (the first gate) is in no window: 0
+    return out

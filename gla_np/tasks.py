@@ -1,0 +1,175 @@
+"""Seeded toy sequence tasks that test memory, and their exact accuracy.
+
+Each task returns ``(inputs, targets)``, two int64 arrays of shape ``(B, T)``. A model reads
+``inputs`` and, at every position, predicts a token; ``targets[b, t]`` is the token it should
+predict there, or ``IGNORE`` (-100) where nothing is asked. Only target positions count, in
+the loss (cross_entropy's ``ignore_index``) and in ``accuracy``. All randomness comes from the
+``np.random.Generator`` passed in, so a seed fixes the data exactly.
+
+Multi-query associative recall (MQAR; Arora et al., "Zoology", 2023), Zoology's layout::
+
+    position  0   1   2   3  ...  2P-2 2P-1 | 2P ...                                  T-1
+    input     k1  v1  k2  v2 ...  kP   vP   | filler, with each key k_i once as a query
+    target    -   -   -   -  ...  -    -    | v_i at the position of query k_i, - elsewhere
+
+Keys are distinct tokens from the lower half of the vocabulary (``[1, V/2)``), values any
+tokens from the upper half (``[V/2, V)``). Query i sits at an even offset ``2 * gap_i`` into the
+query region; the gaps are distinct and drawn with probability proportional to
+``gap^(power_a - 1)`` (gap counted from 1), so most queries come early and a few far away.
+Fillers are uniform tokens from the whole vocabulary (they carry no target). A query can only
+be answered by remembering which value followed its key: exactly the recall a fixed-size state
+finds hard.
+
+Copying and selective copying share one layout: a data region of ``T - N`` positions holding
+N data tokens, then N recall markers. The target at the i-th marker is the i-th data token::
+
+    copying            input  x1 x2 .. xN  0  0 ..  0 | M  M .. M     (M = V - 1, the marker)
+    selective copying  input  0 x1 0 0 x2 .. 0 xN  0  | M  M .. M     (data at random places)
+                       target -  -  ..                | x1 x2 .. xN
+
+Data tokens are drawn from ``[1, V - 1)`` (0 is the blank, V - 1 the marker). In copying the
+data sits at the start; in selective copying at sorted random positions of the data region,
+so the model must pick the tokens out of the blanks (the task of the Mamba paper).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+IGNORE = -100
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def mqar(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=256, power_a=0.01):
+    """Multi-query associative recall in Zoology's layout (see the module docstring).
+
+    Needs ``seq_len >= 4 * num_pairs`` (the pairs, then room for one query every other
+    position) and ``vocab_size >= 2 * (num_pairs + 1)`` (enough distinct keys in ``[1, V/2)``).
+    Returns ``(inputs, targets)``, int64 ``(batch_size, seq_len)``.
+    """
+    _check_rng(rng)
+    B = _check_int("batch_size", batch_size, 1)
+    P = _check_int("num_pairs", num_pairs, 1)
+    T = _check_int("seq_len", seq_len, 1)
+    V = _check_int("vocab_size", vocab_size, 2)
+    if T < 4 * P:
+        raise ValueError(f"seq_len: expected >= 4 * num_pairs = {4 * P} (the pairs and one query "
+                         f"slot every other position), got {T}")
+    if V // 2 - 1 < P:
+        raise ValueError(f"vocab_size: expected >= {2 * (P + 1)} so that {P} distinct keys fit "
+                         f"in [1, vocab_size // 2), got {V}")
+    if isinstance(power_a, bool) or not isinstance(power_a, numbers.Real) or not 0 < power_a <= 1:
+        raise ValueError(f"power_a: expected a number in (0, 1], got {power_a!r}")
+    context = 2 * P  # the key-value pairs
+    slots = (T - context) // 2  # query slots at even offsets of the query region
+
+    # P distinct keys per row: the first P of a random permutation of the key vocabulary.
+    key_vocab = np.arange(1, V // 2)
+    order = rng.random((B, key_vocab.size)).argsort(axis=1)  # (B, V/2 - 1)
+    keys = key_vocab[order[:, :P]]  # (B, P)
+    values = rng.integers(V // 2, V, size=(B, P))  # (B, P)
+
+    # Distinct gaps per row, P(gap) proportional to gap^(a - 1), gap = 1..slots.
+    weights = power_a * np.arange(1, slots + 1, dtype=np.float64) ** (power_a - 1)
+    weights /= weights.sum()
+    gaps = np.stack([rng.choice(slots, size=P, replace=False, p=weights)
+                     for _ in range(B)])  # (B, P), in [0, slots)
+    query_pos = context + 2 * gaps  # (B, P)
+
+    inputs = rng.integers(0, V, size=(B, T))  # fillers everywhere, overwritten below
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    np.put_along_axis(inputs, query_pos, keys, axis=1)
+    targets = np.full((B, T), IGNORE, dtype=np.int64)
+    np.put_along_axis(targets, query_pos, values, axis=1)
+    return inputs.astype(np.int64), targets
+
+
+def _copy_layout(rng, batch_size, seq_len, num_tokens, vocab_size, selective):
+    _check_rng(rng)
+    B = _check_int("batch_size", batch_size, 1)
+    N = _check_int("num_tokens", num_tokens, 1)
+    T = _check_int("seq_len", seq_len, 1)
+    V = _check_int("vocab_size", vocab_size, 3)
+    if T < 2 * N:
+        raise ValueError(f"seq_len: expected >= 2 * num_tokens = {2 * N} (a data region of at "
+                         f"least num_tokens, then num_tokens markers), got {T}")
+    region = T - N  # length of the data region
+    data = rng.integers(1, V - 1, size=(B, N))  # (B, N), neither blank nor marker
+    if selective:
+        places = np.sort(rng.random((B, region)).argsort(axis=1)[:, :N], axis=1)  # (B, N)
+    else:
+        places = np.broadcast_to(np.arange(N), (B, N))
+    inputs = np.zeros((B, T), dtype=np.int64)
+    np.put_along_axis(inputs, places, data, axis=1)
+    inputs[:, region:] = V - 1  # the recall markers
+    targets = np.full((B, T), IGNORE, dtype=np.int64)
+    targets[:, region:] = data
+    return inputs, targets
+
+
+def copying(rng, batch_size, *, seq_len=64, num_tokens=8, vocab_size=16):
+    """Copy N tokens from the start of the sequence to the N marker positions at its end.
+
+    Needs ``seq_len >= 2 * num_tokens`` and ``vocab_size >= 3``. Returns int64
+    ``(inputs, targets)`` of shape ``(batch_size, seq_len)``.
+    """
+    return _copy_layout(rng, batch_size, seq_len, num_tokens, vocab_size, selective=False)
+
+
+def selective_copying(rng, batch_size, *, seq_len=64, num_tokens=8, vocab_size=16):
+    """Copy N tokens scattered among blanks, in order, to the N marker positions at the end.
+
+    Needs ``seq_len >= 2 * num_tokens`` and ``vocab_size >= 3``. Returns int64
+    ``(inputs, targets)`` of shape ``(batch_size, seq_len)``.
+    """
+    return _copy_layout(rng, batch_size, seq_len, num_tokens, vocab_size, selective=True)
+
+
+TASKS = {"mqar": mqar, "copying": copying, "selective_copying": selective_copying}
+
+
+def make_batch(task, rng, batch_size, **sizes):
+    """``TASKS[task](rng, batch_size, **sizes)``, with a clear error for an unknown task."""
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
+    return TASKS[task](rng, batch_size, **sizes)
+
+
+def accuracy(logits_or_predictions, targets, ignore_index=IGNORE):
+    """Fraction of target positions predicted exactly, as a Python float.
+
+    ``logits_or_predictions`` is either logits ``(B, T, V)`` (the prediction is the argmax over
+    V) or integer predictions ``(B, T)``. Positions whose target is ``ignore_index`` are not
+    counted. Raises ValueError when there is no target position at all.
+    """
+    targets = np.asarray(targets)
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets: expected an integer array, got dtype {targets.dtype}")
+    pred = np.asarray(logits_or_predictions)
+    if pred.ndim == targets.ndim + 1:
+        pred = pred.argmax(axis=-1)
+    elif pred.ndim != targets.ndim or not np.issubdtype(pred.dtype, np.integer):
+        raise ValueError(f"logits_or_predictions: expected logits of shape {targets.shape} + "
+                         f"(vocab,) or integer predictions of shape {targets.shape}, got "
+                         f"{pred.dtype} array of shape {pred.shape}")
+    if pred.shape != targets.shape:
+        raise ValueError(f"logits_or_predictions: expected leading shape {targets.shape}, got "
+                         f"{pred.shape}")
+    counted = targets != ignore_index
+    if not counted.any():
+        raise ValueError("targets: no target positions (every entry is ignore_index)")
+    return float(np.mean(pred[counted] == targets[counted]))

@@ -1,0 +1,131 @@
+"""The dispatcher routes every form, and every form refuses bad input naming the argument."""
+
+import numpy as np
+import pytest
+
+from gla_np import chunked, parallel, recurrent
+from gla_np.attention import AttentionCache, gla_attention, gla_attention_backward
+
+FORMS = ["recurrent", "parallel", "chunk"]
+
+
+def make_inputs(seed=0, B=2, T=5, H=2, K=3, V=4, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q, k = rng.standard_normal((2, B, H, T, K)).astype(dtype)
+    v = rng.standard_normal((B, H, T, V)).astype(dtype)
+    g = -rng.uniform(0.05, 2.0, (B, H, T, K)).astype(dtype)
+    S0 = rng.standard_normal((B, H, K, V)).astype(dtype)
+    do = rng.standard_normal((B, H, T, V)).astype(dtype)
+    dS_T = rng.standard_normal((B, H, K, V)).astype(dtype)
+    return q, k, v, g, S0, do, dS_T
+
+
+@pytest.mark.parametrize("form, module", [("recurrent", recurrent), ("parallel", parallel)],
+                         ids=["recurrent", "parallel"])
+def test_routes_to_the_form_bit_for_bit(form, module):
+    q, k, v, g, S0, do, dS_T = make_inputs()
+    o, S_T, cache = gla_attention(q, k, v, g, form=form, scale=0.4, initial_state=S0)
+    o_ref, S_ref, inner = module.forward(q, k, v, g, scale=0.4, initial_state=S0)
+    assert isinstance(cache, AttentionCache) and cache.form == form
+    assert type(cache.inner) is type(inner)
+    np.testing.assert_array_equal(o, o_ref)
+    np.testing.assert_array_equal(S_T, S_ref)
+    grads = gla_attention_backward(do, dS_T, cache)
+    for got, want in zip(grads, module.backward(do, dS_T, inner)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_routes_to_the_chunked_form_with_its_options():
+    q, k, v, g, S0, do, dS_T = make_inputs(T=9)
+    o, S_T, cache = gla_attention(q, k, v, g, initial_state=S0, chunk_size=4)  # default "chunk"
+    o_ref, S_ref, inner = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=4)
+    assert cache.form == "chunk" and type(cache.inner) is type(inner)
+    np.testing.assert_array_equal(o, o_ref)
+    np.testing.assert_array_equal(S_T, S_ref)
+    grads = gla_attention_backward(do, dS_T, cache)
+    for got, want in zip(grads, chunked.backward(do, dS_T, inner)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_every_form_gives_the_same_answer_through_the_dispatcher(dtype):
+    q, k, v, g, S0, do, dS_T = make_inputs(seed=1, T=7, dtype=dtype)
+    results = {}
+    for form in FORMS:
+        options = dict(chunk_size=3) if form == "chunk" else {}
+        o, S_T, cache = gla_attention(q, k, v, g, form=form, initial_state=S0, **options)
+        results[form] = (o, S_T, *gla_attention_backward(do, dS_T, cache))
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for form in ("parallel", "chunk"):
+        for got, want in zip(results[form], results["recurrent"]):
+            assert got.dtype == dtype
+            assert np.abs(got - want).max() <= tol * np.abs(want).max(), form
+
+
+def test_backward_accepts_none_upstream_gradients_for_every_form():
+    q, k, v, g, *_ = make_inputs(seed=2)
+    for form in FORMS:
+        _, _, cache = gla_attention(q, k, v, g, form=form)
+        dq, dk, dv, dg, dS0 = gla_attention_backward(None, None, cache)
+        assert dS0 is None and not (dq.any() or dk.any() or dv.any() or dg.any()), form
+
+
+# --- bad input: one shared validation, the same message from every form -------------------
+
+Q = np.zeros((1, 2, 3, 4))  # B=1, H=2, T=3, K=4
+Vv = np.zeros((1, 2, 3, 5))  # V=5
+GOOD = dict(q=Q, k=Q, v=Vv, g=Q, initial_state=np.zeros((1, 2, 4, 5)), scale=None)
+
+BAD = [
+    ("k-shape", dict(k=np.zeros((1, 2, 3, 5))), r"^k: expected shape \(1, 2, 3, 4\)"),
+    ("v-shape", dict(v=np.zeros((1, 2, 4, 5))), r"^v: expected shape \(1, 2, 3, \*\)"),
+    ("g-shape", dict(g=np.zeros((1, 2, 3, 1))), r"^g: expected shape \(1, 2, 3, 4\)"),
+    ("state-shape", dict(initial_state=np.zeros((1, 2, 5, 4))),
+     r"^initial_state: expected shape \(1, 2, 4, 5\)"),
+    ("q-rank", dict(q=np.zeros((2, 3, 4))), r"^q: expected 4 dimensions"),
+    ("v-rank", dict(v=np.zeros((1, 2, 3, 5, 1))), r"^v: expected 4 dimensions"),
+    ("state-rank", dict(initial_state=np.zeros((2, 4, 5))), r"^initial_state: expected 4 dim"),
+    ("positive-gate", dict(g=np.full((1, 2, 3, 4), 1e-3)), r"^g: expected log forget gates <= 0"),
+    ("nan-q", dict(q=np.full((1, 2, 3, 4), np.nan)), r"^q: contains nan or inf"),
+    ("inf-v", dict(v=np.full((1, 2, 3, 5), np.inf)), r"^v: contains nan or inf"),
+    ("minus-inf-gate", dict(g=np.full((1, 2, 3, 4), -np.inf)), r"^g: contains nan or inf"),
+    ("dtype-mix", dict(k=Q.astype(np.float32)), r"one dtype .*k: float32"),
+    ("int-dtype", dict(v=np.zeros((1, 2, 3, 5), dtype=int)), r"^v: expected a float32 or float64"),
+    ("list", dict(q=Q.tolist()), r"^q: expected a NumPy array"),
+    ("empty-T", dict(q=np.zeros((1, 2, 0, 4))), r"^q: expected shape .* >= 1"),
+    ("scale-zero", dict(scale=0.0), r"^scale: expected a finite positive number"),
+    ("scale-negative", dict(scale=-1.0), r"^scale:"),
+    ("scale-nan", dict(scale=float("nan")), r"^scale:"),
+    ("scale-inf", dict(scale=float("inf")), r"^scale:"),
+    ("scale-bool", dict(scale=True), r"^scale:"),
+    ("scale-str", dict(scale="0.5"), r"^scale:"),
+]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bad, pattern", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_naming_the_argument(form, bad, pattern):
+    args = {**GOOD, **bad}
+    with pytest.raises(ValueError, match=pattern):
+        gla_attention(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("g"), form=form,
+                      **args)
+
+
+def test_unknown_form_is_refused_naming_form():
+    with pytest.raises(ValueError, match=r"^form: expected one of"):
+        gla_attention(Q, Q, Vv, Q, form="linear")
+
+
+@pytest.mark.parametrize("form", ["recurrent", "parallel"])
+@pytest.mark.parametrize("option, value", [("chunk_size", 16), ("sub_chunk_size", 4)])
+def test_chunk_options_with_another_form_are_refused(form, option, value):
+    with pytest.raises(ValueError, match=f"^{option}: only used by form='chunk'"):
+        gla_attention(Q, Q, Vv, Q, form=form, **{option: value})
+
+
+def test_backward_refuses_a_foreign_cache_naming_cache():
+    _, _, inner = recurrent.forward(Q, Q, Vv, Q)
+    with pytest.raises(ValueError, match=r"^cache: expected the AttentionCache"):
+        gla_attention_backward(None, None, inner)
+    with pytest.raises(ValueError, match=r"^cache.form:"):
+        gla_attention_backward(None, None, AttentionCache("linear", inner))

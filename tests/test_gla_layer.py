@@ -1,0 +1,82 @@
+"""The GLA layer: gradients of every parameter and the input, for every gate and norm, and
+dropout with a fixed generator; dtypes and bad input."""
+
+import numpy as np
+import pytest
+
+from gla_np import gla_layer, gradcheck
+from gla_np.model import GLAConfig
+
+
+def _config(**kw):
+    opts = dict(embed_dim=4, hidden_size=4, num_heads=2, head_dim=3, gate_rank=2, dropout=0.0,
+                chunk_size=2, gate_normalizer=2)  # tau = 2: gate gradients well above noise
+    opts.update(kw)
+    return GLAConfig(**opts)
+
+
+def _params(config, rng):
+    params = gla_layer.init_params(config, rng)
+    return {n: p + 0.3 * rng.standard_normal(p.shape).astype(p.dtype) for n, p in params.items()}
+
+
+def _check(config, seed=0, dropout_seed=None):
+    rng = np.random.default_rng(seed)
+    params = _params(config, rng)
+    x = rng.standard_normal((2, 5, config.hidden_size))
+
+    def f(x, **p):
+        drop_rng = None if dropout_seed is None else np.random.default_rng(dropout_seed)
+        return gla_layer.forward(p, x, config, training=dropout_seed is not None, rng=drop_rng)
+
+    def b(dy, cache):
+        dx, grads = gla_layer.backward(dy, cache)
+        assert set(grads) == set(params)
+        return {"x": dx, **grads}
+
+    return gradcheck(f, b, {"x": x, **params})
+
+
+@pytest.mark.parametrize("gate", ["vector", "scalar", "fixed", "none"])
+def test_gradcheck_each_gate(gate):
+    _check(_config(gate=gate))
+
+
+@pytest.mark.parametrize("form", ["recurrent", "parallel"])
+def test_gradcheck_other_forms_and_layernorm(form):
+    _check(_config(form=form, norm="layernorm", chunk_size=64), seed=1)
+
+
+def test_gradcheck_with_dropout():
+    report = _check(_config(dropout=0.3), seed=2, dropout_seed=7)
+    assert report.ok
+
+
+def test_param_names_and_output_norm_shared_by_heads():
+    params = gla_layer.init_params(_config(), np.random.default_rng(0))
+    assert set(params) == {"norm.w", "W_q", "W_k", "W_v", "gate.W1", "gate.W2", "gate.b2",
+                           "W_r", "o_norm.w", "W_o"}
+    assert params["o_norm.w"].shape == (3,)  # one weight of size V, shared by the 2 heads
+
+
+def test_float32_keeps_dtype():
+    config = _config(dtype="float32")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    y, cache = gla_layer.forward(gla_layer.init_params(config, rng), x, config)
+    dx, grads = gla_layer.backward(np.ones_like(y), cache)
+    assert y.dtype == dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((5, 4)), "x: expected 3 dimensions"),
+    (np.zeros((2, 5, 3)), r"x: expected shape \(B, T, 4\)"),
+    (np.full((2, 5, 4), np.nan), "x: contains nan"),
+    (np.zeros((2, 5, 4), dtype=np.float32), "x: expected dtype float64"),
+], ids=["rank", "width", "nan", "dtype"])
+def test_bad_input_is_refused(x, match):
+    config = _config()
+    params = gla_layer.init_params(config, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=match):
+        gla_layer.forward(params, x, config)

@@ -1,0 +1,110 @@
+"""The parallel form: attention with a decay mask equals the recurrence, forward and backward."""
+
+import numpy as np
+import pytest
+
+from gla_np import parallel, recurrent
+from gla_np.gradcheck import gradcheck
+
+SHAPES = [(1, 1, 1, 1, 1), (2, 5, 1, 3, 2), (2, 7, 2, 3, 4)]  # (B, T, H, K, V)
+
+
+def shape_id(shape):
+    return "B{}-T{}-H{}-K{}-V{}".format(*shape)
+
+
+def make_inputs(rng, B, T, H, K, V, gate=None):
+    """float64 inputs; gate None draws -uniform(0.05, 2), a number fills g with it."""
+    q, k = rng.standard_normal((2, B, H, T, K))
+    v = rng.standard_normal((B, H, T, V))
+    g = -rng.uniform(0.05, 2.0, (B, H, T, K)) if gate is None else np.full((B, H, T, K), gate)
+    S0 = rng.standard_normal((B, H, K, V))
+    return q, k, v, g, S0
+
+
+def rel_err(got, want):
+    return np.abs(got - want).max() / max(np.abs(want).max(), np.finfo(want.dtype).tiny)
+
+
+@pytest.mark.parametrize("with_dS_T", [True, False], ids=["dS_T", "no-dS_T"])
+@pytest.mark.parametrize("with_S0", [True, False], ids=["S0", "no-S0"])
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_gradients_match_finite_differences(shape, with_S0, with_dS_T):
+    B, T, H, K, V = shape
+    rng = np.random.default_rng(0)
+    q, k, v, g, S0 = make_inputs(rng, *shape)
+    inputs = dict(q=q, k=k, v=v, g=g)
+    if with_S0:
+        inputs["initial_state"] = S0
+    douts = [rng.standard_normal((B, H, T, V)),
+             rng.standard_normal((B, H, K, V)) if with_dS_T else None]
+    gradcheck(lambda **a: parallel.forward(**a), parallel.backward, inputs, douts=douts)
+
+
+def run_both(module, q, k, v, g, S0, do, dS_T):
+    o, S_T, cache = module.forward(q, k, v, g, initial_state=S0)
+    return (o, S_T, *module.backward(do, dS_T, cache))
+
+
+NAMES = ["o", "final_state", "dq", "dk", "dv", "dg", "d_initial_state"]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-4)],
+                         ids=["f64", "f32"])
+@pytest.mark.parametrize("gate", [None, 0.0, -30.0], ids=["random-gates", "g=0", "g=-30"])
+@pytest.mark.parametrize("with_S0, with_dS_T", [(True, True), (False, False), (True, False)],
+                         ids=["S0-dS_T", "no-S0-no-dS_T", "S0-no-dS_T"])
+def test_agrees_with_recurrent(dtype, rtol, gate, with_S0, with_dS_T):
+    rng = np.random.default_rng(1)
+    B, T, H, K, V = 2, 9, 2, 3, 4
+    q, k, v, g, S0 = (x.astype(dtype) for x in make_inputs(rng, B, T, H, K, V, gate))
+    S0 = S0 if with_S0 else None
+    do = rng.standard_normal((B, H, T, V)).astype(dtype)
+    dS_T = rng.standard_normal((B, H, K, V)).astype(dtype) if with_dS_T else None
+    got = run_both(parallel, q, k, v, g, S0, do, dS_T)
+    want = run_both(recurrent, q, k, v, g, S0, do, dS_T)
+    for name, a, b in zip(NAMES, got, want):
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.dtype == dtype, name
+        assert rel_err(a, b) <= rtol, f"{name}: rel err {rel_err(a, b):.2e}"
+
+
+def test_strong_gates_do_not_overflow_in_float32():
+    """Masking after exp would compute exp(G_t - G_u) for u > t: exp(+270) = inf in float32,
+    and inf * 0 = nan. Masking the exponent first keeps every exp argument <= 0."""
+    rng = np.random.default_rng(2)
+    q, k, v, g, S0 = (x.astype(np.float32) for x in make_inputs(rng, 1, 10, 1, 2, 2, -30.0))
+    with np.errstate(over="raise", invalid="raise"):
+        o, S_T, cache = parallel.forward(q, k, v, g, initial_state=S0)
+        grads = parallel.backward(np.ones_like(o), np.ones_like(S_T), cache)
+    assert all(np.isfinite(x).all() for x in (o, S_T, *grads))
+    with np.errstate(over="ignore", invalid="ignore"):  # the wrong order, for contrast
+        G = np.cumsum(g, axis=2)
+        D = G[:, :, :, None, :] - G[:, :, None, :, :]
+        wrong = np.exp(D) * np.tril(np.ones((10, 10)))[:, :, None]
+    assert np.isnan(wrong).any()
+
+
+def test_causal_decay_is_masked_and_at_most_one():
+    G = np.cumsum(-np.random.default_rng(3).uniform(0, 3, (1, 1, 6, 2)), axis=2)
+    W = parallel.causal_decay(G)
+    assert W.shape == (1, 1, 6, 6, 2)
+    t, u = np.triu_indices(6, k=1)
+    assert not W[0, 0, t, u].any()  # u > t: exactly zero
+    assert (W <= 1).all() and np.allclose(np.diagonal(W[0, 0], axis1=0, axis2=1), 1.0)
+
+
+def test_refuses_a_decay_tensor_over_the_size_limit_naming_T():
+    T = 8193  # T * T > 2**26 with B = H = K = 1; the inputs themselves are tiny
+    q = np.zeros((1, 1, T, 1))
+    with pytest.raises(ValueError, match=r"^T: .*T=8193"):
+        parallel.forward(q, q, q, q)
+
+
+def test_none_upstream_and_no_initial_state():
+    q, k, v, g, _ = make_inputs(np.random.default_rng(4), 1, 4, 2, 3, 2)
+    o, S_T, cache = parallel.forward(q, k, v, g)
+    dq, dk, dv, dg, dS0 = parallel.backward(None, None, cache)
+    assert dS0 is None and not (dq.any() or dk.any() or dv.any() or dg.any())

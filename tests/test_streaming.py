@@ -1,0 +1,72 @@
+"""Streaming inference: one position at a time with a carried state equals the full forward."""
+
+import numpy as np
+import pytest
+
+from gla_np import model
+from gla_np.edifice import build
+from gla_np.model import GLAConfig
+
+T = 7
+
+
+def _setup(seed=0, **kw):
+    config = GLAConfig(**{"embed_dim": 3, "hidden_size": 4, "num_layers": 2, "num_heads": 2,
+                          "head_dim": 2, "gate_rank": 2, "dropout": 0.1, **kw})
+    rng = np.random.default_rng(seed)
+    params = {n: p + 0.3 * rng.standard_normal(p.shape).astype(p.dtype)
+              for n, p in model.init_params(config, rng).items()}
+    x = rng.standard_normal((2, T, 3)).astype(config.dtype)
+    return config, params, x
+
+
+def _stream(params, x, config):
+    state = model.init_state(config, x.shape[0])
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = model.step(params, x[:, t], state, config)
+        ys.append(y_t)
+    return np.stack(ys, axis=1), state
+
+
+@pytest.mark.parametrize("form, chunk", [("recurrent", 64), ("parallel", 64), ("chunk", 3),
+                                         ("chunk", 64)], ids=["recurrent", "parallel",
+                                                              "chunk-C3", "chunk-C64"])
+@pytest.mark.parametrize("gate", ["vector", "scalar", "fixed", "none"])
+def test_stepping_equals_forward(form, chunk, gate):
+    config, params, x = _setup(form=form, chunk_size=chunk, gate=gate)
+    y_full, _ = model.forward(params, x, config, return_sequence=True)
+    y_stream, _ = _stream(params, x, config)
+    np.testing.assert_allclose(y_stream, y_full, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_stepping_with_short_conv_equals_forward(norm):
+    config, params, x = _setup(seed=1, use_short_conv=True, norm=norm)
+    y_full, _ = model.forward(params, x, config, return_sequence=True)
+    y_stream, state = _stream(params, x, config)
+    np.testing.assert_allclose(y_stream, y_full, rtol=1e-12, atol=1e-13)
+    assert state[0].conv[0].shape == (2, config.conv_size - 1, 4)  # only W-1 inputs are kept
+
+
+def test_state_size_does_not_grow_and_float32_works():
+    config, params, x = _setup(seed=2, dtype="float32", embed_dim=3)
+    state0 = model.init_state(config, 2)
+    y_stream, state = _stream(params, x, config)
+    assert [s.S.shape for s in state] == [s.S.shape for s in state0] == [(2, 2, 2, 2)] * 2
+    y_full, _ = model.forward(params, x, config, return_sequence=True)
+    assert y_stream.dtype == np.float32
+    np.testing.assert_allclose(y_stream, y_full, rtol=1e-4, atol=1e-5)
+
+
+def test_holder_step_and_bad_input():
+    m = build(embed_dim=3, hidden_size=4, num_layers=1, num_heads=2, head_dim=2, seed=0)
+    x = np.random.default_rng(3).standard_normal((1, 4, 3))
+    state = m.init_state(1)
+    for t in range(4):
+        y_t, state = m.step(x[:, t], state)
+    np.testing.assert_allclose(y_t, m.forward(x)[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="x_t"):
+        m.step(x, state)  # a whole sequence where one position belongs
+    with pytest.raises(ValueError, match="state"):
+        m.step(x[:, 0], None)
