@@ -33,13 +33,13 @@ import numpy as np
 def _diagonal_decay(b_rows):
     """exp(b_t - b_u) for t, u in one sub-chunk, (..., c, c, K); zero above the diagonal.
 
-    The exponent is masked to -inf for u > t BEFORE exp: there it is positive and could
-    overflow (and inf * 0 = nan).
+    The exponent is set to -inf for u > t BEFORE exp: there it is positive and could overflow
+    (and inf * 0 = nan). exp(-inf) = 0 exactly.
     """
     c = b_rows.shape[-2]
-    causal = np.tril(np.ones((c, c), dtype=bool))[:, :, None]  # (c, c, 1): u <= t
-    diff = b_rows[..., :, None, :] - b_rows[..., None, :, :]  # (..., c, c, K)
-    return np.exp(np.where(causal, diff, np.asarray(-np.inf, dtype=diff.dtype)))
+    diff = b_rows[..., :, None, :] - b_rows[..., None, :, :]  # (..., c, c, K), b_t - b_u
+    diff[..., np.triu(np.ones((c, c), dtype=bool), k=1), :] = -np.inf  # u > t
+    return np.exp(diff)
 
 
 def _reference_decays(b, start, stop):

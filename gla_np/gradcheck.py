@@ -40,6 +40,7 @@ class TensorCheck(NamedTuple):
     max_abs_err: float  # max |analytic - numeric| over the checked entries
     rel_err: float  # max_abs_err / max(|analytic|, |numeric|) over the checked entries
     ok: bool
+    note: str = ""  # why a check could not run (e.g. the gradient has the wrong shape)
 
 
 class GradcheckReport(NamedTuple):
@@ -61,7 +62,8 @@ class GradcheckReport(NamedTuple):
                  f"{'rel err':>10}  ok"]
         for t in self.tensors:
             lines.append(f"{t.name:<16} {str(t.shape):<18} {t.checked:>7} "
-                         f"{t.max_abs_err:>12.3e} {t.rel_err:>10.3e}  {'yes' if t.ok else 'NO'}")
+                         f"{t.max_abs_err:>12.3e} {t.rel_err:>10.3e}  {'yes' if t.ok else 'NO'}"
+                         + (f"  ({t.note})" if t.note else ""))
         return "\n".join(lines)
 
 
@@ -139,7 +141,8 @@ def _check_one(name, x, analytic, inputs, loss, sample, eps, rtol, atol, rng):
         analytic = np.zeros_like(x)
     analytic = np.asarray(analytic, dtype=np.float64)
     if analytic.shape != x.shape:
-        return TensorCheck(name, x.shape, 0, np.inf, np.inf, False)  # shape itself is wrong
+        note = f"backward returned shape {analytic.shape}, expected {x.shape}"
+        return TensorCheck(name, x.shape, 0, np.inf, np.inf, False, note)
     flat = np.arange(x.size)
     if sample is not None and x.size > sample:
         flat = rng.choice(x.size, size=sample, replace=False)
@@ -168,9 +171,13 @@ def _check_inputs(inputs):
         raise ValueError("inputs: expected a non-empty dict of name -> float64 array")
     out = {}
     for name, x in inputs.items():
-        if not isinstance(x, np.ndarray) or x.dtype != np.float64:
-            kind = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-            raise ValueError(f"inputs[{name!r}]: gradcheck runs in float64, got {kind}")
+        if isinstance(x, np.float64):
+            x = np.asarray(x)  # a NumPy float64 scalar becomes a 0-d array
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"inputs[{name!r}]: expected a float64 NumPy array, "
+                             f"got {type(x).__name__}")
+        if x.dtype != np.float64:
+            raise ValueError(f"inputs[{name!r}]: gradcheck runs in float64, got {x.dtype}")
         out[name] = x
     return out
 
