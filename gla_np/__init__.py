@@ -30,5 +30,6 @@ from gla_np.edifice import (build, build_gated_linear_attention, build_gla_block
 from gla_np.model import GLAConfig
 
 # -- section: training (issue 5) --
+from gla_np import checkpoint, lm, optim, tasks  # not train: it is a command, run with -m
 
 __version__ = "0.1.0"

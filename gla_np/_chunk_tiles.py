@@ -31,14 +31,15 @@ import numpy as np
 
 
 def _diagonal_decay(b_rows):
-    """exp(b_t - b_u) for t, u in one sub-chunk, (..., c, c, K); zero above the diagonal.
+    """exp(b_t - b_u) for past pairs u < t in one sub-chunk, (..., c, c, K); zero for u >= t.
 
-    The exponent is set to -inf for u > t BEFORE exp: there it is positive and could overflow
-    (and inf * 0 = nan). exp(-inf) = 0 exactly.
+    The exponent is set to -inf for u >= t BEFORE exp: for u > t it is positive and could
+    overflow (and inf * 0 = nan). exp(-inf) = 0 exactly. (The pairs u = t carry no gate; the
+    caller adds them.)
     """
     c = b_rows.shape[-2]
     diff = b_rows[..., :, None, :] - b_rows[..., None, :, :]  # (..., c, c, K), b_t - b_u
-    diff[..., np.triu(np.ones((c, c), dtype=bool), k=1), :] = -np.inf  # u > t
+    diff[..., np.triu(np.ones((c, c), dtype=bool)), :] = -np.inf  # u >= t
     return np.exp(diff)
 
 
@@ -53,7 +54,10 @@ def _reference_decays(b, start, stop):
 
 
 def scores(qs, k, b, c):
-    """The intra-chunk scores A (..., C, C) from qs, k, b (..., C, K), tiled by sub-chunks of c.
+    """The past-pair scores A (..., C, C) from qs, k, b (..., C, K), tiled by sub-chunks of c.
+
+    A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i]) for u < t, zero for u >= t: strictly
+    lower triangular. The diagonal u = t (qs_t . k_t, no gate inside) is the caller's.
 
     A loop over the C / c sub-chunks (not over time steps), each step batched over every chunk.
     """
@@ -61,7 +65,7 @@ def scores(qs, k, b, c):
     A = np.zeros((*qs.shape[:-1], C), dtype=qs.dtype)  # (..., C, C)
     for start in range(0, C, c):
         rows = slice(start, min(start + c, C))
-        # diagonal tile: A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i]), u <= t
+        # diagonal tile: A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i]), u < t
         decay = _diagonal_decay(b[..., rows, :])  # (..., c, c, K)
         A[..., rows, rows] = np.einsum("...tk,...tuk,...uk->...tu",
                                        qs[..., rows, :], decay, k[..., rows, :])
@@ -74,7 +78,7 @@ def scores(qs, k, b, c):
 
 
 def backward(do, qs, k, v, b, c):
-    """Gradients of the intra-chunk output o = A v: return (dqs, dk, dv), shaped like the inputs.
+    """Gradients of o = A v with A = scores(qs, k, b, c): return (dqs, dk, dv), like the inputs.
 
     do, v (..., C, V); qs, k, b (..., C, K). The tiles of A are rebuilt sub-chunk by sub-chunk
     from the same factors as ``scores`` and used at once, so the decays are computed once here

@@ -112,9 +112,10 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
 
     # (1) inter-chunk: read the entering state with decayed queries
     o = (qs * np.exp(b)) @ states[:, :, :-1]  # (B, H, N, C, V), exponents <= 0
-    # (2) intra-chunk: tiled scores, then one matmul with the values
-    A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C)
-    o = o + A @ v_c
+    # (2) intra-chunk: past pairs u < t by the tiled scores, the pair u = t (no gate) directly
+    A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C), strictly lower triangular
+    A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
+    o = o + A @ v_c + A_self * v_c
 
     cache = ChunkedCache(q, k, v, g, states, scale, C, c, initial_state is not None)
     return _from_chunks(o, T), states[:, :, N].copy(), cache
@@ -123,14 +124,22 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
 def backward(do, d_final_state, cache):
     """Backpropagate through the chunkwise form: return ``(dq, dk, dv, dg, d_initial_state)``.
 
-    With E_n the gradient on the state leaving chunk n (docs/derivations/chunked.md):
+    Result (docs/derivations/chunked.md); E_n is the gradient on H_{n+1}, the state leaving
+    chunk n, r, t, u are rows of chunk n, dA = do v^T, and "~" marks a sum without u = t:
 
-        E_{N-1} = d_final_state,   E_{n-1} = diag(exp l_n) E_n + s * sum_{t in n} (q_t exp b_t) do_t^T
-        dq_t = s * exp(b_t) * (H_n do_t) + s * sum_u dA[t, u] exp(b_t - b_u) * k_u
-        dk_u = exp(l_n - b_u) * (E_n v_u) + s * sum_t dA[t, u] exp(b_t - b_u) * q_t
-        dv_u = (k_u exp(l_n - b_u))^T E_n + sum_t A[t, u] do_t,      dA = do v^T (u <= t)
-        dg_t = sum_{tau = t..end of chunk n} (q dq - k dk)_tau + rowsum(H_{n+1} * E_n)
-        d_initial_state = diag(exp l_0) E_0 + s * sum_{t in chunk 0} (q_t exp b_t) do_t^T
+        E_{N-1} = d_final_state,   E_{n-1} = diag(exp l_n) E_n + s sum_t (q_t exp b_t) do_t^T
+        d_initial_state = diag(exp l_0) E_0 + s sum_{t in chunk 0} (q_t exp b_t) do_t^T
+        dq_t = s exp(b_t) * (H_n do_t) + s sum~_{u<t} dA[t,u] exp(b_t - b_u) * k_u + s dA[t,t] k_t
+        dk_u = exp(l_n - b_u) * (E_n v_u) + s sum~_{t>u} dA[t,u] exp(b_t - b_u) * q_t
+               + s dA[u,u] q_u
+        dv_u = (k_u exp(l_n - b_u))^T E_n + sum_{t>=u} A[t,u] do_t
+        dg_r = sum_{t>=r} (q dq~ - k dk~)_t + sum_{u<r} k_u * exp(l_n - b_u) * (E_n v_u)
+               + exp(l_n) * rowsum(H_n * E_n)
+
+    dq~ is dq without its s dA[t,t] k_t term; dk~ is the middle (past-pair) term of dk alone.
+    The dg line is the gate identity (inclusive reverse cumsum of q dq - k dk plus the chunk's
+    boundary term rowsum(H_{n+1} * E_n)) with the terms that hold no gate left out, so that
+    nothing large cancels when the gates are strong.
 
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
     forward had no initial state.
@@ -148,7 +157,7 @@ def backward(do, d_final_state, cache):
     N = b.shape[2]
     q_decay = np.exp(b)  # (B, H, N, C, K)
     k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
-    entering, leaving = states[:, :, :-1], states[:, :, 1:]  # H_n and H_{n+1}, (B, H, N, K, V)
+    entering = states[:, :, :-1]  # H_n, (B, H, N, K, V)
 
     # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
     # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
@@ -162,23 +171,34 @@ def backward(do, d_final_state, cache):
 
     # forward (1): o_t = s * H_n^T (q_t * exp b_t)
     # so:  dq_t = s * exp(b_t) * (H_n do_t)
-    dq = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
-    # forward (3): H_{n+1} += sum_u (k_u * exp(l_n - b_u)) v_u^T
+    dq_inter = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
+    # forward (3): H_{n+1} = diag(exp l_n) H_n + sum_u (k_u * exp(l_n - b_u)) v_u^T
     # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
-    dk = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
+    dk_state = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
     dv = (k_c * k_decay) @ E  # (B, H, N, C, V)
 
-    # forward (2): o_t += sum_u A[t, u] v_u with A the tiled scores of (s q, k, b)
-    # so:  dA = do v^T on the causal part, dv += A^T do, and dqs, dk through the tiles
-    dqs_intra, dk_intra, dv_intra = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
-    dq = dq + s * dqs_intra
-    dk = dk + dk_intra
-    dv = dv + dv_intra
+    # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
+    # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the tiles,
+    #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
+    dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
+    A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
+    dA_self = np.sum(do_c * v_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
+    dv = dv + dv_past + A_self * do_c
+    dq_gated = dq_inter + s * dqs_past  # the parts of dq that pass through a gate
+    dq = dq_gated + s * dA_self * k_c
+    dk = dk_state + dk_past + dA_self * qs
 
-    # the gate identity applied to each chunk, whose end state H_{n+1} receives E_n:
-    # dg_t = sum_{tau = t..end of chunk} (q dq - k dk)_tau + rowsum(H_{n+1} * E_n)
-    boundary = np.sum(leaving * E, axis=-1)  # (B, H, N, K)
-    dg = reverse_cumsum(q_c * dq - k_c * dk, axis=3) + boundary[:, :, :, None, :]
+    # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
+    # (docs/derivations/chunked.md): inside chunk n, with u < r <= t,
+    #   reads of the entering state and past pairs (t >= r): reverse cumsum of q dq - k dk
+    #   without the pairs u = t (they hold no gate and would only cancel),
+    #   writes into the leaving state (u < r): exclusive cumsum of k * dk_state,
+    #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
+    dg = reverse_cumsum(q_c * dq_gated - k_c * dk_past, axis=3)  # (B, H, N, C, K)
+    k_dk_state = k_c * dk_state  # (B, H, N, C, K)
+    dg[:, :, :, 1:] += np.cumsum(k_dk_state[:, :, :, :-1], axis=3)  # sum over u < r
+    carried = np.exp(l) * np.sum(entering * E, axis=-1)  # (B, H, N, K)
+    dg = dg + carried[:, :, :, None, :]
 
     grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
     return (*grads, d_initial_state if has_initial_state else None)

@@ -171,6 +171,6 @@ def build_gated_linear_attention(*, seed=None, rng=None, **opts):
 
 
 def build_gla_block(*, seed=None, rng=None, **opts):
-    """Edifice's ``build_gla_block``: one block (layer, then SwiGLU feed-forward) as a ``GLABlock``."""
+    """Edifice's ``build_gla_block``: one block (layer, then SwiGLU feed-forward), a GLABlock."""
     config = _part_config(opts)
     return GLABlock(config, block.init_params(config, _rng(seed, rng)))

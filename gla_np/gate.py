@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gla_np import linear, logsigmoid
+from gla_np._checks import check_array, check_choice
 from gla_np._params import normal
 
 GATES = ("vector", "scalar", "fixed", "none")
@@ -70,6 +71,8 @@ def forward(params, x, *, kind, num_heads, head_dim, normalizer):
 
     params: as ``init_params`` makes them for ``kind``. x: ``(..., D)``. normalizer: tau > 0.
     """
+    check_choice("kind", kind, GATES)
+    x = check_array("x", x, min_ndim=1)
     H, K = num_heads, head_dim
     lead = x.shape[:-1]
     down = up = act = None
@@ -84,10 +87,8 @@ def forward(params, x, *, kind, num_heads, head_dim, normalizer):
         g = np.broadcast_to((ls / normalizer)[..., None], lead + (H, K)).copy()
     elif kind == "fixed":
         g = np.broadcast_to(fixed_log_decays(H, x.dtype)[:, None], lead + (H, K)).copy()
-    elif kind == "none":
+    else:  # "none"
         g = np.zeros(lead + (H, K), dtype=x.dtype)
-    else:
-        raise ValueError(f"gate: expected one of {list(GATES)}, got {kind!r}")
     return g, GateCache(kind, x.shape, x.dtype, down, up, act, float(normalizer), H, K)
 
 

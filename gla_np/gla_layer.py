@@ -198,6 +198,9 @@ def init_state(config, batch):
 def step(params, x_t, state, config):
     """One position, x_t (B, D) -> (y_t (B, D), new_state). Inference: no dropout, no cache."""
     x = check_input("x_t", x_t, config.hidden_size, config.dtype, step=True)[:, None]  # (B, 1, D)
+    if not isinstance(state, LayerState) or state.S.shape[0] != x.shape[0]:
+        raise ValueError(f"state: expected a LayerState from init_state(config, {x.shape[0]}), "
+                         f"got {type(state).__name__}")
     H, K = config.num_heads, config.head_dim
     xn, _ = norm_forward(take(params, "norm."), x, config.norm, config.norm_eps)
     (q, k, v), _, conv = _qkv_forward(params, xn, config, state.conv or None)  # (B, 1, H, .)

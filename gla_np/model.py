@@ -118,6 +118,15 @@ def param_count(config):
     return sum(math.prod(s) for s in param_shapes(config).values())
 
 
+def param_breakdown(config):
+    """Scalars per parameter name with the block index dropped (summed over the layers)."""
+    counts = {}
+    for name, shape in param_shapes(config).items():
+        short = name.split(".", 2)[2] if name.startswith("blocks.") else name
+        counts[short] = counts.get(short, 0) + math.prod(shape)
+    return counts
+
+
 def init_params(config, rng):
     """Fresh params (fla's init): linears N(0, 0.02), biases 0, norm weights 1, in config.dtype."""
     dt = np.dtype(config.dtype)
@@ -219,6 +228,7 @@ def step(params, x_t, state, config):
     the same time and memory however many positions came before.
     """
     x_t = check_input("x_t", x_t, config.embed_dim, config.dtype, step=True)
+    _check_params(params, config)
     if not isinstance(state, tuple) or len(state) != config.num_layers:
         raise ValueError(f"state: expected a tuple of {config.num_layers} layer states "
                          f"(from init_state), got {type(state).__name__}")

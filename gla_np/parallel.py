@@ -13,7 +13,7 @@ Use ``chunked`` for long sequences.
 
 Numerics: every exponent is a log-gate difference G_t - G_u with u <= t, hence <= 0. The u > t
 entries are set to -inf BEFORE exp (exp(-inf) = 0); exponentiating first would overflow there
-(G_t - G_u > 0 grows with t - u), and inf * 0 = nan survives any mask applied afterwards.
+(G_t - G_u > 0 grows with u - t), and inf * 0 = nan survives any mask applied afterwards.
 """
 
 from __future__ import annotations
@@ -28,26 +28,28 @@ from gla_np.gate_identity import reverse_cumsum
 MAX_DECAY_ENTRIES = 2 ** 26  # B*H*T*T*K above this is refused (2**26 float64 entries = 512 MiB)
 
 
-def causal_decay(G):
+def causal_decay(G, *, past_only=False):
     """W[t, u, i] = exp(G_t[i] - G_u[i]) for u <= t, else 0; shape (B, H, T, T, K).
 
-    The mask is applied to the exponent (u > t gets -inf), never to exp's result.
+    The mask is applied to the exponent (masked entries get -inf), never to exp's result.
+    ``past_only=True`` also masks the diagonal u = t (where W is 1), keeping pairs u < t.
     """
     T = G.shape[2]
     D = G[:, :, :, None, :] - G[:, :, None, :, :]  # (B, H, T, T, K), D[t, u] = G_t - G_u
-    causal = np.tril(np.ones((T, T), dtype=bool))[:, :, None]  # (T, T, 1), u <= t
-    return np.exp(np.where(causal, D, -np.inf))  # (B, H, T, T, K), every exponent <= 0
+    keep = np.tril(np.ones((T, T), dtype=bool), k=-1 if past_only else 0)[:, :, None]  # (T, T, 1)
+    return np.exp(np.where(keep, D, -np.inf))  # (B, H, T, T, K), every exponent <= 0
 
 
 class ParallelCache(NamedTuple):
-    """What ``backward`` needs. Stores the inputs, G and S_0; recomputes the decay tensor W
-    (the one O(T^2 K) array) and the scores A rather than keeping them alive between passes."""
+    """What ``backward`` needs. Stores the inputs, G and S_0. Backward recomputes the decay
+    tensor (the one O(T^2 K) array) and the scores rather than keeping them alive between the
+    passes; it rebuilds them for past pairs u < t only (see ``backward``)."""
 
     q: np.ndarray  # (B, H, T, K)
     k: np.ndarray  # (B, H, T, K)
     v: np.ndarray  # (B, H, T, V)
     G: np.ndarray  # (B, H, T, K), inclusive cumulative sum of g over time
-    initial_state: np.ndarray  # (B, H, K, V), zeros when none was given
+    S0: np.ndarray  # (B, H, K, V), the initial state; zeros when none was given
     scale: float
     has_initial_state: bool  # False: backward returns d_initial_state = None
 
@@ -82,45 +84,54 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
 def backward(do, d_final_state, cache):
     """Backward through (1)-(5): return ``(dq, dk, dv, dg, d_initial_state)``.
 
-    With W, A recomputed, qG = q * exp(G), kE = k * exp(G_T - G), dS_T = d_final_state and
-    dP[t,u,i] = scale * dA[t,u] q_t[i] k_u[i] W[t,u,i] (docs/derivations/parallel.md):
+    Split (3) into past pairs u < t (W_past, A_past) and the diagonal u = t (W = 1, so
+    A_self[t] = scale * q_t . k_t). With qG = q * exp(G), kE = k * exp(G_T - G), dS_T =
+    d_final_state (docs/derivations/parallel.md):
 
-        dA   = do v^T
-        dq   = scale * sum_u dA[t,u] k_u W[t,u] + scale * (do S_0^T) * exp(G)
-        dk   = scale * sum_t dA[t,u] q_t W[t,u] + (v dS_T^T) * exp(G_T - G)
-        dv   = A^T do + kE dS_T
-        dg_s = sum_{t >= s} sum_{u < s} dP[t,u]  +  sum_{t >= s} qG_t * scale (do S_0^T)_t
-               + sum_{u < s} kE_u * (v dS_T^T)_u  +  rowsum(dS_T * exp(G_T) S_0)
+        dA      = do v^T                       dA_self[t] = do_t . v_t
+        dq_past = scale * sum_{u<t} dA[t,u] k_u W[t,u]
+        dk_past = scale * sum_{t>u} dA[t,u] q_t W[t,u]
+        dq = dq_past + scale * dA_self k + scale * (do S_0^T) * exp(G)
+        dk = dk_past + scale * dA_self q + (v dS_T^T) * exp(G_T - G)
+        dv = A_past^T do + A_self do + kE dS_T
+        dg_r = sum_{t >= r} (q * dq_past - k * dk_past)_t + sum_{t >= r} qG_t * scale (do S_0^T)_t
+               + sum_{u < r} kE_u * (v dS_T^T)_u + rowsum(dS_T * exp(G_T) S_0)
         d_initial_state = scale * qG^T do + diag(exp G_T) dS_T
 
-    Each dg term collects the exponents whose window of gates contains g_s (G_t - G_u sums
-    g_{u+1..t}); no large terms cancel, so dg stays accurate for very strong gates.
+    Each dg term collects the exponents whose window of gates contains g_r. The diagonal pairs
+    span no gate and are left out, so nothing large cancels, even for very strong gates.
     """
     q, k, v, G, S0, scale, has_initial_state = cache
     B, H, T, K = q.shape
     V = v.shape[3]
     do, dS_T = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
-    W = causal_decay(G)  # recomputed (2) (B, H, T, T, K)
-    A = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W)  # recomputed (3) (B, H, T, T)
+    # Recompute (2)-(3), split into past pairs u < t and the diagonal u = t, where W = 1.
+    W_past = causal_decay(G, past_only=True)  # (B, H, T, T, K)
+    A_past = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W_past)  # (B, H, T, T)
+    A_self = scale * np.einsum("bhti,bhti->bht", q, k)  # (B, H, T), A[t, t]
     expG = np.exp(G)  # (B, H, T, K), exponents <= 0
 
-    # forward (4): o = A v + scale * qG S_0,  qG = q * exp(G)
+    # forward (4): o = A v + scale * qG S_0,  qG = q * exp(G),  A = A_past + diag(A_self)
     # so:  dA = do v^T,  dv = A^T do,  d(qG) = scale * do S_0^T,  dS_0 = scale * qG^T do,
-    #      dq = d(qG) * exp(G),  and G_t gets d(qG)_t * qG_t
-    dA = do @ np.swapaxes(v, 2, 3)  # (B, H, T, T)
-    dv = np.swapaxes(A, 2, 3) @ do
+    #      dq = d(qG) * exp(G),  and the exponent G_t = g_1 + ... + g_t gets d(qG)_t * qG_t
+    dA = do @ np.swapaxes(v, 2, 3)  # (B, H, T, T), only u < t is used below
+    dA_self = np.einsum("bhtv,bhtv->bht", do, v)  # (B, H, T), dA[t, t]
+    dv = np.swapaxes(A_past, 2, 3) @ do + A_self[..., None] * do
     dqG = scale * do @ np.swapaxes(S0, 2, 3)  # (B, H, T, K)
     dS0 = scale * np.swapaxes(q * expG, 2, 3) @ do  # (B, H, K, V)
     dq = dqG * expG
-    dg = reverse_cumsum(dqG * q * expG, axis=2)  # G_t = g_1 + ... + g_t: every s <= t
+    dg = reverse_cumsum(dqG * q * expG, axis=2)  # every r <= t
 
-    # forward (3): A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i],  W = exp(G_t - G_u) masked
-    # so:  dq_t += scale sum_u dA[t,u] k_u W[t,u],  dk_u = scale sum_t dA[t,u] q_t W[t,u],
-    #      the exponent G_t - G_u = g_{u+1} + ... + g_t gets dP[t,u] (zero where masked)
-    dq = dq + scale * np.einsum("bhtu,bhui,bhtui->bhti", dA, k, W)
-    dk = scale * np.einsum("bhtu,bhti,bhtui->bhui", dA, q, W)
-    dP = scale * dA[..., None] * q[:, :, :, None, :] * k[:, :, None, :, :] * W  # (B,H,T,T,K)
-    dg = dg + _sum_windows_containing(dP)
+    # forward (3): A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i]
+    # so:  dq_t += scale sum_u dA[t,u] k_u W[t,u],  dk_u = scale sum_t dA[t,u] q_t W[t,u];
+    #      the past exponent G_t - G_u = g_{u+1} + ... + g_t gets dP[t,u] = scale dA q_t k_u W,
+    #      whose row sums are q * dq_past and column sums k * dk_past, so
+    #      dg_r += sum_{t >= r, u < r} dP[t,u] = sum_{t >= r} (q * dq_past - k * dk_past)_t
+    dq_past = scale * np.einsum("bhtu,bhui,bhtui->bhti", dA, k, W_past)  # (B, H, T, K)
+    dk_past = scale * np.einsum("bhtu,bhti,bhtui->bhui", dA, q, W_past)  # (B, H, T, K)
+    dq = dq + dq_past + scale * dA_self[..., None] * k
+    dk = dk_past + scale * dA_self[..., None] * q
+    dg = dg + reverse_cumsum(q * dq_past - k * dk_past, axis=2)
 
     if dS_T is not None:
         # forward (5): S_T = diag(exp G_T) S_0 + kE^T v,  kE = k * exp(G_T - G)
@@ -134,22 +145,10 @@ def backward(do, d_final_state, cache):
         dk = dk + dkE * np.exp(G_T[:, :, None, :] - G)
         dS0 = dS0 + np.exp(G_T)[..., None] * dS_T
         kE_dkE = kE * dkE  # (B, H, T, K)
-        # every s > u: an exclusive cumsum, built by shifting (cumsum minus the last term, which
+        # every r > u: an exclusive cumsum, built by shifting (cumsum minus the last term, which
         # is O(1) since exp(G_T - G_T) = 1, would cancel away a dg that strong gates make tiny)
-        before = np.zeros_like(kE_dkE)  # (B, H, T, K), before[s] = sum_{u < s} kE_dkE[u]
+        before = np.zeros_like(kE_dkE)  # (B, H, T, K), before[r] = sum_{u < r} kE_dkE[u]
         before[:, :, 1:] = np.cumsum(kE_dkE[:, :, :-1], axis=2)
         dg = dg + before
         dg = dg + np.einsum("bhkv,bhkv->bhk", dS_T, np.exp(G_T)[..., None] * S0)[:, :, None]
     return dq, dk, dv, dg, (dS0 if has_initial_state else None)
-
-
-def _sum_windows_containing(dP):
-    """out[s] = sum over t >= s and u < s of dP[t, u]: the pairs (t, u) whose exponent
-    G_t - G_u = g_{u+1} + ... + g_t contains g_s. dP ``(B, H, T, T, K)``, out ``(B, H, T, K)``."""
-    T = dP.shape[2]
-    from_below = reverse_cumsum(dP, axis=2)  # [s, u] = sum_{t >= s} dP[t, u]
-    and_left = np.cumsum(from_below, axis=3)  # [s, u] = sum_{t >= s, u' <= u} dP[t, u']
-    out = np.zeros(dP.shape[:2] + dP.shape[3:], dtype=dP.dtype)  # (B, H, T, K)
-    s = np.arange(1, T)
-    out[:, :, 1:] = and_left[:, :, s, s - 1]  # s = 0 (the first gate) is in no window: 0
-    return out

@@ -85,5 +85,5 @@ def test_float32_keeps_dtype():
 
 
 def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="gate"):
+    with pytest.raises(ValueError, match="kind"):
         _forward("diagonal")(np.zeros((B, T, D)))

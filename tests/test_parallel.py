@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gla_np import parallel, recurrent
 from gla_np.gradcheck import gradcheck
@@ -41,8 +43,8 @@ def test_gradients_match_finite_differences(shape, with_S0, with_dS_T):
     gradcheck(lambda **a: parallel.forward(**a), parallel.backward, inputs, douts=douts)
 
 
-def run_both(module, q, k, v, g, S0, do, dS_T):
-    o, S_T, cache = module.forward(q, k, v, g, initial_state=S0)
+def run_both(module, q, k, v, g, S0, do, dS_T, scale=0.6):
+    o, S_T, cache = module.forward(q, k, v, g, initial_state=S0, scale=scale)
     return (o, S_T, *module.backward(do, dS_T, cache))
 
 
@@ -108,3 +110,25 @@ def test_none_upstream_and_no_initial_state():
     o, S_T, cache = parallel.forward(q, k, v, g)
     dq, dk, dv, dg, dS0 = parallel.backward(None, None, cache)
     assert dS0 is None and not (dq.any() or dk.any() or dv.any() or dg.any())
+
+
+@given(B=st.integers(1, 2), T=st.integers(1, 9), H=st.integers(1, 2), K=st.integers(1, 4),
+       V=st.integers(1, 4), strength=st.sampled_from([0.0, 0.01, 0.5, 3.0, 30.0]),
+       with_S0=st.booleans(), with_dS_T=st.booleans(), seed=st.integers(0, 2**16))
+def test_agrees_with_recurrent_on_drawn_shapes_and_gate_strengths(B, T, H, K, V, strength,
+                                                                  with_S0, with_dS_T, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v, _, S0 = make_inputs(rng, B, T, H, K, V)
+    g = -strength * rng.uniform(0.5, 1.5, (B, H, T, K))
+    S0 = S0 if with_S0 else None
+    do = rng.standard_normal((B, H, T, V))
+    dS_T = rng.standard_normal((B, H, K, V)) if with_dS_T else None
+    got = run_both(parallel, q, k, v, g, S0, do, dS_T, scale=None)
+    want = run_both(recurrent, q, k, v, g, S0, do, dS_T, scale=None)
+    for name, a, b in zip(NAMES, got, want):
+        if b is None:
+            assert a is None, name
+        elif np.abs(b).max() > 0:
+            assert rel_err(a, b) <= 1e-10, f"{name}: rel err {rel_err(a, b):.2e}"
+        else:
+            assert not a.any(), name

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gla_np import model
 from gla_np.edifice import build
@@ -70,3 +72,17 @@ def test_holder_step_and_bad_input():
         m.step(x, state)  # a whole sequence where one position belongs
     with pytest.raises(ValueError, match="state"):
         m.step(x[:, 0], None)
+
+
+@given(T=st.integers(1, 9), chunk=st.integers(1, 5),
+       form=st.sampled_from(["recurrent", "parallel", "chunk"]),
+       gate=st.sampled_from(["vector", "scalar", "fixed", "none"]),
+       use_short_conv=st.booleans(), conv_size=st.integers(1, 4), seed=st.integers(0, 99))
+@settings(max_examples=15)
+def test_stepping_equals_forward_drawn(T, chunk, form, gate, use_short_conv, conv_size, seed):
+    config, params, x = _setup(seed=seed, form=form, gate=gate, use_short_conv=use_short_conv,
+                               conv_size=conv_size, chunk_size=chunk if form == "chunk" else 64)
+    x = x[:, :T] if T <= x.shape[1] else np.concatenate([x, x[:, :T - x.shape[1]]], axis=1)
+    y_full, _ = model.forward(params, x, config, return_sequence=True)
+    y_stream, _ = _stream(params, x, config)
+    np.testing.assert_allclose(y_stream, y_full, rtol=1e-11, atol=1e-12)

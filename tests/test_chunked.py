@@ -1,0 +1,199 @@
+"""The chunked form: the paper's chunkwise algorithm, its backward, and why it tiles."""
+
+import numpy as np
+import pytest
+
+from gla_np import chunked, gate_identity, recurrent
+from gla_np.gradcheck import gradcheck
+
+# (B, H, T, K, V, chunk_size, sub_chunk_size)
+CASES = [
+    (1, 2, 8, 3, 2, 4, 2),  # C divides T, c divides C
+    (2, 1, 7, 3, 4, 3, 2),  # C does not divide T, c does not divide C
+    (1, 1, 13, 2, 3, 6, 4),  # ragged last chunk and ragged last sub-chunk
+    (1, 2, 9, 2, 2, 9, 3),  # one chunk = the whole sequence, three sub-chunks
+    (1, 1, 5, 2, 2, 1, 1),  # chunk 1: the recurrence itself
+    (2, 1, 4, 3, 2, 16, 16),  # chunk longer than T
+]
+
+
+def case_id(case):
+    return "B{}-H{}-T{}-K{}-V{}-C{}-c{}".format(*case)
+
+
+def make_inputs(rng, B, H, T, K, V, *, dtype=np.float64, gate=2.0, initial_state=True):
+    q = rng.standard_normal((B, H, T, K)).astype(dtype)
+    k = rng.standard_normal((B, H, T, K)).astype(dtype)
+    v = rng.standard_normal((B, H, T, V)).astype(dtype)
+    g = -rng.uniform(0.05, gate, (B, H, T, K)).astype(dtype)  # strictly < 0: room for +-eps
+    S0 = rng.standard_normal((B, H, K, V)).astype(dtype) if initial_state else None
+    return q, k, v, g, S0
+
+
+def rel_err(x, ref):
+    """max |x - ref| relative to the largest magnitude in ref."""
+    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), np.finfo(ref.dtype).tiny))
+
+
+@pytest.mark.parametrize("with_dS_T", [True, False], ids=["dS_T", "no-dS_T"])
+@pytest.mark.parametrize("with_S0", [True, False], ids=["S0", "no-S0"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gradients_match_finite_differences(case, with_S0, with_dS_T):
+    B, H, T, K, V, C, c = case
+    rng = np.random.default_rng(3)
+    q, k, v, g, S0 = make_inputs(rng, B, H, T, K, V, initial_state=with_S0)
+    inputs = dict(q=q, k=k, v=v, g=g)
+    if with_S0:
+        inputs["initial_state"] = S0
+    douts = [rng.standard_normal((B, H, T, V)),
+             rng.standard_normal((B, H, K, V)) if with_dS_T else None]
+    gradcheck(lambda **a: chunked.forward(**a, chunk_size=C, sub_chunk_size=c),
+              chunked.backward, inputs, douts=douts)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_recurrent_in_float64(case):
+    B, H, T, K, V, C, c = case
+    rng = np.random.default_rng(4)
+    q, k, v, g, S0 = make_inputs(rng, B, H, T, K, V, gate=30.0)
+    do, dS_T = rng.standard_normal((B, H, T, V)), rng.standard_normal((B, H, K, V))
+    *ref, ref_cache = recurrent.forward(q, k, v, g, initial_state=S0, scale=0.3)
+    *got, cache = chunked.forward(q, k, v, g, initial_state=S0, scale=0.3, chunk_size=C,
+                                  sub_chunk_size=c)
+    ref += recurrent.backward(do, dS_T, ref_cache)
+    got += chunked.backward(do, dS_T, cache)
+    for name, x, r in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], got, ref):
+        assert rel_err(x, r) < 1e-12, name
+
+
+@pytest.mark.parametrize("g_value", [-30.0, "uniform(-30, 0)"], ids=["g-30", "g-uniform30"])
+def test_float32_strong_gates_chunk_64_stay_finite_and_agree(g_value):
+    rng = np.random.default_rng(5)
+    B, H, T, K, V = 1, 2, 150, 8, 8  # three chunks of 64, the last one ragged
+    q, k, v, _, S0 = make_inputs(rng, B, H, T, K, V, dtype=np.float32)
+    if g_value == -30.0:
+        g = np.full((B, H, T, K), -30.0, dtype=np.float32)
+    else:
+        g = -rng.uniform(0, 30, (B, H, T, K)).astype(np.float32)
+    do = rng.standard_normal((B, H, T, V)).astype(np.float32)
+    dS_T = rng.standard_normal((B, H, K, V)).astype(np.float32)
+    *got, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=64)
+    *ref, ref_cache = recurrent.forward(q, k, v, g, initial_state=S0)
+    got += chunked.backward(do, dS_T, cache)
+    ref += recurrent.backward(do, dS_T, ref_cache)
+    for name, x, r in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], got, ref):
+        assert x.dtype == np.float32, name
+        assert np.isfinite(x).all(), name
+        assert rel_err(x, r) < 1e-4, name
+
+
+def test_naive_factoring_overflows_in_float32_but_the_tiles_do_not():
+    # The tempting factoring exp(b_t - b_u) = exp(b_t) * exp(-b_u) over one chunk of 64:
+    # -b_u grows to 64 * 30 = 1920, far past log(float32 max) = 88.7.
+    rng = np.random.default_rng(6)
+    C, K = 64, 4
+    q, k = rng.standard_normal((2, C, K)).astype(np.float32)
+    g = np.full((C, K), -30.0, dtype=np.float32)
+    b = np.cumsum(g, axis=0)  # chunk-local cumulative log gate, down to -1920
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = (q * np.exp(b)) @ (k * np.exp(-b)).T  # exp(-b) = inf; 0 * inf = nan
+    assert not np.isfinite(scores).all()
+    assert np.isnan(scores).any()
+    # the tiled chunk form on the same chunk: finite, and equal to the definition
+    q4, k4, g4 = q[None, None], k[None, None], g[None, None]  # (1, 1, C, K)
+    v = rng.standard_normal((1, 1, C, 3)).astype(np.float32)
+    o, _, _ = chunked.forward(q4, k4, v, g4, chunk_size=64)
+    o_ref, _, _ = recurrent.forward(q4, k4, v, g4)
+    assert np.isfinite(o).all() and rel_err(o, o_ref) < 1e-5
+
+
+def test_naive_factoring_threshold_is_log_of_float32_max():
+    # over C = 64 steps the naive factor exp(-b) overflows once 64 * |g| > log(max) = 88.72
+    with np.errstate(over="ignore"):
+        assert np.isfinite(np.exp(np.float32(64 * 1.38)))
+        assert np.isinf(np.exp(np.float32(64 * 1.39)))
+
+
+def test_sub_chunk_and_chunk_sizes_do_not_change_the_result():
+    rng = np.random.default_rng(7)
+    q, k, v, g, S0 = make_inputs(rng, 1, 2, 23, 3, 2, gate=5.0)
+    o_ref, S_ref, _ = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=23,
+                                      sub_chunk_size=23)
+    for C, c in [(1, 1), (5, 1), (5, 2), (8, 3), (8, 8), (64, 5), (64, None), (7, 100)]:
+        o, S_T, _ = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=C,
+                                    sub_chunk_size=c)
+        assert rel_err(o, o_ref) < 1e-13 and rel_err(S_T, S_ref) < 1e-13, (C, c)
+
+
+def test_cache_keeps_only_chunk_boundary_states():
+    rng = np.random.default_rng(8)
+    q, k, v, g, S0 = make_inputs(rng, 2, 1, 10, 3, 2)
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=4,
+                                    sub_chunk_size=3)
+    assert cache.states.shape == (2, 1, 4, 3, 2)  # H_0, H_1, H_2 and H_3 = S_T: N + 1 = 4
+    np.testing.assert_array_equal(cache.states[:, :, 0], S0)
+    np.testing.assert_array_equal(cache.states[:, :, -1], S_T)
+    assert (cache.chunk_size, cache.sub_chunk_size) == (4, 3)
+    small = chunked.forward(q, k, v, g, chunk_size=100, sub_chunk_size=50)[2]
+    assert (small.chunk_size, small.sub_chunk_size) == (10, 10)  # clamped to T, then to C
+
+
+def test_float32_in_float32_out_and_none_upstream_means_zero():
+    rng = np.random.default_rng(9)
+    q, k, v, g, _ = make_inputs(rng, 1, 1, 9, 2, 3, dtype=np.float32)
+    o, S_T, cache = chunked.forward(q, k, v, g, chunk_size=4, sub_chunk_size=3)
+    assert o.dtype == S_T.dtype == np.float32
+    grads = chunked.backward(None, None, cache)
+    assert grads[4] is None  # no initial state, no initial-state gradient
+    for x in grads[:4]:
+        assert x.dtype == np.float32 and not x.any()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", None], ids=repr)
+def test_bad_chunk_size_is_refused(bad):
+    q, k, v, g, _ = make_inputs(np.random.default_rng(10), 1, 1, 4, 2, 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked.forward(q, k, v, g, chunk_size=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4"], ids=repr)
+def test_bad_sub_chunk_size_is_refused(bad):
+    q, k, v, g, _ = make_inputs(np.random.default_rng(11), 1, 1, 4, 2, 2)
+    with pytest.raises(ValueError, match="sub_chunk_size"):
+        chunked.forward(q, k, v, g, sub_chunk_size=bad)
+
+
+def test_bad_arrays_are_refused_by_the_shared_checks():
+    q, k, v, g, _ = make_inputs(np.random.default_rng(12), 1, 1, 4, 2, 2)
+    with pytest.raises(ValueError, match="g"):
+        chunked.forward(q, k, v, -g)  # positive log gates
+    with pytest.raises(ValueError, match="k"):
+        chunked.forward(q, k[:, :, :3], v, g)
+
+
+def test_dg_is_the_gate_identity_in_float64():
+    # the code drops terms that hold no gate; in exact arithmetic that changes nothing
+    rng = np.random.default_rng(13)
+    q, k, v, g, S0 = make_inputs(rng, 2, 1, 11, 3, 2)
+    do, dS_T = rng.standard_normal((2, 1, 11, 2)), rng.standard_normal((2, 1, 3, 2))
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=4,
+                                    sub_chunk_size=3)
+    dq, dk, dv, dg, dS0 = chunked.backward(do, dS_T, cache)
+    plain = gate_identity.gate_grad_from_identity(q, dq, k, dk, S_T, dS_T)
+    assert rel_err(dg, plain) < 1e-12
+
+
+def test_plain_gate_identity_is_only_noise_in_float32_at_strong_gates():
+    # At g = -30 the true dg is ~exp(-30) ~ 1e-13, while q dq and k dk are O(1) and cancel:
+    # float32 leaves ~1e-7 of rounding. Leaving out the gate-free terms keeps dg accurate.
+    rng = np.random.default_rng(14)
+    q, k, v, _, S0 = make_inputs(rng, 1, 1, 100, 4, 4, dtype=np.float32)
+    g = np.full(q.shape, -30.0, dtype=np.float32)
+    do = rng.standard_normal(v.shape).astype(np.float32)
+    dS_T = rng.standard_normal(S0.shape).astype(np.float32)
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0)
+    dq, dk, dv, dg, dS0 = chunked.backward(do, dS_T, cache)
+    dg_ref = recurrent.backward(do, dS_T, recurrent.forward(q, k, v, g, initial_state=S0)[2])[3]
+    plain = gate_identity.gate_grad_from_identity(q, dq, k, dk, S_T, dS_T)
+    assert rel_err(plain, dg_ref) > 1e3  # noise a thousand times the true dg
+    assert rel_err(dg, dg_ref) < 1e-4
