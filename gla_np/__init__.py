@@ -21,6 +21,7 @@ from gla_np import dropout, embedding, cross_entropy
 
 # -- section: recurrence (issue 3) --
 from gla_np import recurrent, parallel
+from gla_np import chunked
 from gla_np.attention import gla_attention, gla_attention_backward
 
 # -- section: layer and model (issue 4) --

@@ -1,28 +1,27 @@
-"""Intra-chunk attention with secondary (sub-chunk) tiling: the inner loop of ``chunked``.
+"""Intra-chunk attention with secondary (sub-chunk) tiling: the inner part of ``chunked``.
 
-Inside one chunk of length C, with b the chunk-local inclusive cumsum of the log gates, the
-intra-chunk scores are
+Inside one chunk, with b the chunk-local inclusive cumsum of the log gates and qs = scale * q,
+the scores of the past pairs are
 
-    A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i])      for u <= t, else 0,
+    A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i])      for u < t, else 0.
 
-where qs = scale * q. The decay sits inside the sum over the key channel i, so A is not one
-matmul. The paper's secondary chunking splits the chunk into M sub-chunks of length c and
-treats two kinds of c x c tiles differently:
+(The pair u = t holds no gate, exp(0) = 1; ``chunked`` adds it as qs_t . k_t.) The decay sits
+inside the sum over the key channel i, so A is not one matmul. The paper's secondary chunking
+cuts the chunk into sub-chunks of c rows and walks over them (a loop of C / c steps, each
+batched over every chunk of every sequence and head). For the sub-chunk of rows start..stop-1:
 
-* off-diagonal tiles (key sub-chunk j before query sub-chunk m): pick a reference row r_m
-  between them, r_m = b at the last row before sub-chunk m (r_0 = 0, the chunk start). Since
-  b only decreases, b_t <= r_m <= b_u, and
-      exp(b_t - b_u) = exp(b_t - r_m) * exp(r_m - b_u)      both factors <= 1,
-  so the tile is an ordinary matmul of q_ref = qs * exp(b - r_m) and k_ref = k * exp(r_m - b).
-  For query sub-chunk m we build k_ref over the whole chunk, zero (exponent -inf, set before
-  exp) at keys that are not in an earlier sub-chunk; one matmul gives a row of tiles.
-* diagonal tiles (query and key in the same sub-chunk): no row lies between t and u, so we use
-  the elementwise log-space formula, a (c, c, K) decay tensor exp(b_t - b_u), masked to u <= t
-  before exp.
+* off-diagonal tiles, all earlier keys u < start at once: the reference row r = b[start - 1],
+  the last row before the sub-chunk, lies between query and key. b never increases along the
+  chunk, so b_t <= r <= b_u and
+      exp(b_t - b_u) = exp(b_t - r) * exp(r - b_u)        both factors <= 1:
+  the tiles are one matmul of (qs * exp(b - r)) and (k * exp(r - b)).
+* the diagonal tile (t, u both in the sub-chunk): no row lies between them, so it uses the
+  elementwise log-space formula, a (c, c, K) tensor exp(b_t - b_u) whose exponent is set to
+  -inf for u >= t BEFORE exp.
 
-Every exponent evaluated is <= 0 (or -inf). A chunk length that c does not divide is padded at
-its end with rows of q = k = 0 and b repeated (a gate of 1), which changes nothing and is cut
-off again. See docs/derivations/chunked.md.
+Every exponent evaluated is <= 0. The last sub-chunk may be shorter than c. The size c trades
+the elementwise diagonal work (c K per row) against the reference factors (about C K / (2 c)
+per row); see docs/derivations/chunked.md for the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -82,7 +81,11 @@ def backward(do, qs, k, v, b, c):
 
     do, v (..., C, V); qs, k, b (..., C, K). The tiles of A are rebuilt sub-chunk by sub-chunk
     from the same factors as ``scores`` and used at once, so the decays are computed once here
-    and A is never stored.
+    and A is never stored. With dA = do v^T (docs/derivations/chunked.md, step B3):
+
+        dv_u  = sum_{t > u} A[t, u] do_t
+        dqs_t = sum_{u < t} dA[t, u] exp(b_t - b_u) * k_u
+        dk_u  = sum_{t > u} dA[t, u] exp(b_t - b_u) * qs_t
     """
     C = qs.shape[-2]
     dqs, dk, dv = np.zeros_like(qs), np.zeros_like(k), np.zeros_like(v)

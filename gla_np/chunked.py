@@ -6,8 +6,8 @@ chunk-local inclusive cumsum of the log gates, l_n = b at chunk n's last row, H_
 entering chunk n (H_0 = S_0) and s the query scale, each output is the sum of two parts:
 
     inter:  o_t  = s * H_n^T (q_t * exp(b_t))                                          (1)
-    intra:  o_t += sum_{u <= t in chunk n} A_n[t, u] v_u,
-            A_n[t, u] = s * sum_i q_t[i] k_u[i] exp(b_t[i] - b_u[i])                   (2)
+    intra:  o_t += sum_{u < t in chunk n} A[t, u] v_u + s (q_t . k_t) v_t,
+            A[t, u] = s * sum_i q_t[i] k_u[i] exp(b_t[i] - b_u[i])                     (2)
     state:  H_{n+1} = diag(exp l_n) H_n + sum_{u in chunk n} (k_u * exp(l_n - b_u)) v_u^T  (3)
 
 (3) is a short Python loop over chunks; (1) and (2) are batched over all chunks at once. (2) is
@@ -29,12 +29,11 @@ import numpy as np
 from gla_np import _chunk_tiles
 from gla_np._checks import check_positive_int
 from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
-from gla_np.gate_identity import reverse_cumsum
 
 # Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32):
 # smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
 # off-diagonal reference factors; see docs/derivations/chunked.md for the timings.
-DEFAULT_SUB_CHUNK_SIZE = 16
+DEFAULT_SUB_CHUNK_SIZE = 8
 
 
 def _to_chunks(x, C):
@@ -63,17 +62,18 @@ def _chunk_decays(g, C):
 
 
 class ChunkedCache(NamedTuple):
-    """What ``backward`` needs: the inputs and the states at chunk boundaries, nothing per step.
+    """What ``backward`` needs: the inputs (g as b) and the chunk-boundary states, nothing per step.
 
     Memory is O(T (K + V) + (T / C) K V) per head, linear in T with a small constant; the
     recurrent form's cache holds a K x V state per step. Backward recomputes everything inside
-    a chunk (b, the decays, the intra-chunk scores): cheap batched work in exchange for memory.
+    a chunk (the decays, the intra-chunk scores, the states at every step never exist): cheap
+    batched work in exchange for memory. b replaces g: backward needs only b.
     """
 
     q: np.ndarray  # (B, H, T, K)
     k: np.ndarray  # (B, H, T, K)
     v: np.ndarray  # (B, H, T, V)
-    g: np.ndarray  # (B, H, T, K)
+    b: np.ndarray  # (B, H, N, C, K) chunk-local cumsum of g, kept instead of g (same size)
     states: np.ndarray  # (B, H, N + 1, K, V): states[:, :, n] = H_n, H_0 = S_0, H_N = S_T
     scale: float
     chunk_size: int  # C actually used: min(chunk_size, T)
@@ -117,7 +117,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
     o = o + A @ v_c + A_self * v_c
 
-    cache = ChunkedCache(q, k, v, g, states, scale, C, c, initial_state is not None)
+    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None)
     return _from_chunks(o, T), states[:, :, N].copy(), cache
 
 
@@ -125,26 +125,26 @@ def backward(do, d_final_state, cache):
     """Backpropagate through the chunkwise form: return ``(dq, dk, dv, dg, d_initial_state)``.
 
     Result (docs/derivations/chunked.md); E_n is the gradient on H_{n+1}, the state leaving
-    chunk n, r, t, u are rows of chunk n, dA = do v^T, and "~" marks a sum without u = t:
+    chunk n; r, t, u are rows of chunk n; dA = do v^T:
 
         E_{N-1} = d_final_state,   E_{n-1} = diag(exp l_n) E_n + s sum_t (q_t exp b_t) do_t^T
         d_initial_state = diag(exp l_0) E_0 + s sum_{t in chunk 0} (q_t exp b_t) do_t^T
-        dq_t = s exp(b_t) * (H_n do_t) + s sum~_{u<t} dA[t,u] exp(b_t - b_u) * k_u + s dA[t,t] k_t
-        dk_u = exp(l_n - b_u) * (E_n v_u) + s sum~_{t>u} dA[t,u] exp(b_t - b_u) * q_t
+        dq_t = s exp(b_t) * (H_n do_t) + s sum_{u<t} dA[t,u] exp(b_t - b_u) * k_u + s dA[t,t] k_t
+        dk_u = exp(l_n - b_u) * (E_n v_u) + s sum_{t>u} dA[t,u] exp(b_t - b_u) * q_t
                + s dA[u,u] q_u
         dv_u = (k_u exp(l_n - b_u))^T E_n + sum_{t>=u} A[t,u] do_t
         dg_r = sum_{t>=r} (q dq~ - k dk~)_t + sum_{u<r} k_u * exp(l_n - b_u) * (E_n v_u)
                + exp(l_n) * rowsum(H_n * E_n)
 
-    dq~ is dq without its s dA[t,t] k_t term; dk~ is the middle (past-pair) term of dk alone.
-    The dg line is the gate identity (inclusive reverse cumsum of q dq - k dk plus the chunk's
+    dq~ is dq without its last term s dA[t,t] k_t; dk~ is the middle (past-pair) term of dk.
+    The dg line is the gate identity (reverse cumsum of q dq - k dk within the chunk plus the
     boundary term rowsum(H_{n+1} * E_n)) with the terms that hold no gate left out, so that
     nothing large cancels when the gates are strong.
 
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
     forward had no initial state.
     """
-    q, k, v, g, states, scale, C, c, has_initial_state = cache
+    q, k, v, b, states, scale, C, c, has_initial_state = cache
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
@@ -153,7 +153,7 @@ def backward(do, d_final_state, cache):
     # recompute the chunk-local quantities of the forward
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
     qs = s * q_c
-    b, l = _chunk_decays(g, C)
+    l = b[:, :, :, -1, :]  # (B, H, N, K)
     N = b.shape[2]
     q_decay = np.exp(b)  # (B, H, N, C, K)
     k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
@@ -190,15 +190,16 @@ def backward(do, d_final_state, cache):
 
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
     # (docs/derivations/chunked.md): inside chunk n, with u < r <= t,
-    #   reads of the entering state and past pairs (t >= r): reverse cumsum of q dq - k dk
+    #   reads of the entering state and past pairs (t >= r): sum over t >= r of q dq - k dk
     #   without the pairs u = t (they hold no gate and would only cancel),
-    #   writes into the leaving state (u < r): exclusive cumsum of k * dk_state,
+    #   writes into the leaving state (u < r): sum over u < r of k * dk_state,
     #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
-    dg = reverse_cumsum(q_c * dq_gated - k_c * dk_past, axis=3)  # (B, H, N, C, K)
-    k_dk_state = k_c * dk_state  # (B, H, N, C, K)
-    dg[:, :, :, 1:] += np.cumsum(k_dk_state[:, :, :, :-1], axis=3)  # sum over u < r
-    carried = np.exp(l) * np.sum(entering * E, axis=-1)  # (B, H, N, K)
-    dg = dg + carried[:, :, :, None, :]
+    # The sums over rows of a chunk are products with 0/1 triangular (C, C) matrices.
+    at_or_after = np.triu(np.ones((C, C), dtype=q.dtype))  # [r, t] = 1 if t >= r
+    before = np.tril(np.ones((C, C), dtype=q.dtype), k=-1)  # [r, u] = 1 if u < r
+    dg = (at_or_after @ (q_c * dq_gated - k_c * dk_past)  # (B, H, N, C, K)
+          + before @ (k_c * dk_state)
+          + (np.exp(l) * np.sum(entering * E, axis=-1))[:, :, :, None, :])
 
     grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
     return (*grads, d_initial_state if has_initial_state else None)

@@ -12,6 +12,12 @@ reads normalised features. Params: ``"embedding.weight"`` (V, D), the stack's ow
 ``"head.weight"`` (D, V). Embedding and head are separate matrices (not tied) and start as
 N(0, 0.02^2) like every other weight.
 
+One init differs from the stack's own: with ``use_short_conv`` the convolution kernels (W, C)
+are redrawn from U(-1/sqrt(W), 1/sqrt(W)), PyTorch's default for a depthwise Conv1d. From the
+stack's N(0, 0.02^2) the convolution scales q, k and v down about fifty-fold, the attention
+scores start near zero, and on MQAR the model sat on its loss plateau (about ln 128, "guess any
+value") for about 600 steps instead of about 200 (measured, docs/experiments.md).
+
 Nothing new is derived here: each step's backward is its module's, chained in reverse.
 """
 
@@ -35,13 +41,18 @@ def _check_config(config):
 
 
 def init_params(config, vocab_size, rng):
-    """Embedding, then the stack, then the head, drawn from ``rng`` in that order."""
+    """Embedding, then the stack, then the head, then (with short convolutions) the
+    convolution kernels, drawn from ``rng`` in that order (see the module docstring)."""
     _check_config(config)
     V = check_positive_int("vocab_size", vocab_size)
     D, dt = config.hidden_size, np.dtype(config.dtype)
     params = {EMBEDDING: normal(rng, (V, D), dt)}
     params.update(model.init_params(config, rng))
     params[HEAD] = normal(rng, (D, V), dt)
+    bound = 1.0 / np.sqrt(config.conv_size)
+    for name in params:
+        if name.rsplit(".", 1)[-1].startswith("conv_"):  # blocks.<i>.attn.conv_q, _k, _v
+            params[name] = rng.uniform(-bound, bound, params[name].shape).astype(dt)
     return params
 
 
@@ -84,8 +95,8 @@ def backward(dlogits, cache):
         dx, grads   = model'(dh)             (2)
         dE          = embedding'(dx)         (1)
 
-    Each line is its module's backward (docs/derivations/linear.md, docs/derivations/embedding.md
-    and the model's pages).
+    Each line is its module's backward: docs/derivations/linear.md, docs/derivations/model.md,
+    docs/derivations/embedding.md (and docs/derivations/cross_entropy.md for dlogits).
     """
     dh, dW_head, _ = linear.backward(dlogits, cache.head)
     dx, grads = model.backward(dh, cache.stack)

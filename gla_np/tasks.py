@@ -16,9 +16,13 @@ Keys are distinct tokens from the lower half of the vocabulary (``[1, V/2)``), v
 tokens from the upper half (``[V/2, V)``). Query i sits at an even offset ``2 * gap_i`` into the
 query region; the gaps are distinct and drawn with probability proportional to
 ``gap^(power_a - 1)`` (gap counted from 1), so most queries come early and a few far away.
-Fillers are uniform tokens from the whole vocabulary (they carry no target). A query can only
-be answered by remembering which value followed its key: exactly the recall a fixed-size state
-finds hard.
+Fillers are uniform tokens from the whole vocabulary except the row's own keys, and carry no
+target. (Zoology draws them from the whole vocabulary; with T = 64, 8 pairs and a vocabulary of
+256, 72 % of rows would then have a filler that repeats a key, the token after it posing as a
+second value for that key, and 4 % of queries would see their key repeated before them: a
+ceiling on accuracy that has nothing to do with memory. Keeping keys out of the fillers leaves
+every query exactly one answer.) A query can only be answered by remembering which value
+followed its key: exactly the recall a fixed-size state finds hard.
 
 Copying and selective copying share one layout: a data region of ``T - N`` positions holding
 N data tokens, then N recall markers. The target at the i-th marker is the i-th data token::
@@ -90,6 +94,10 @@ def mqar(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=256, power_a=0.
     query_pos = context + 2 * gaps  # (B, P)
 
     inputs = rng.integers(0, V, size=(B, T))  # fillers everywhere, overwritten below
+    is_key = (inputs[:, :, None] == keys[:, None, :]).any(axis=2)  # (B, T)
+    while is_key.any():  # redraw fillers that hit one of the row's keys (P / V of them)
+        inputs[is_key] = rng.integers(0, V, size=int(is_key.sum()))
+        is_key = (inputs[:, :, None] == keys[:, None, :]).any(axis=2)
     inputs[:, 0:context:2] = keys
     inputs[:, 1:context:2] = values
     np.put_along_axis(inputs, query_pos, keys, axis=1)

@@ -58,11 +58,11 @@ def build_parser():
     a("--num_pairs", type=int, default=8, help="MQAR: key-value pairs per sequence")
     a("--num_tokens", type=int, default=8, help="copying tasks: tokens to copy per sequence")
     a("--vocab_size", type=int, default=256, help="vocabulary size")
-    a("--steps", type=int, default=1200, help="training steps (one batch each)")
+    a("--steps", type=int, default=1500, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
     a("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     a("--min_lr", type=float, default=3e-4, help="learning rate at the end of the cosine decay")
-    a("--warmup", type=int, default=100, help="linear warmup steps")
+    a("--warmup", type=int, default=50, help="linear warmup steps")
     a("--weight_decay", type=float, default=0.1,
       help="AdamW decoupled weight decay, applied to matrices only")
     a("--clip", type=float, default=1.0, help="clip gradients to this global norm")
@@ -71,9 +71,9 @@ def build_parser():
     a("--gate", default="vector", choices=["vector", "scalar", "fixed", "none"],
       help="forget gate variant")
     a("--hidden", type=int, default=64, help="model width (hidden_size = embed_dim)")
-    a("--layers", type=int, default=2, help="number of GLA blocks")
-    a("--heads", type=int, default=2, help="attention heads per layer")
-    a("--head_dim", type=int, default=32, help="key/value dimension per head")
+    a("--layers", type=int, default=1, help="number of GLA blocks")
+    a("--heads", type=int, default=1, help="attention heads per layer")
+    a("--head_dim", type=int, default=64, help="key/value dimension per head")
     a("--expand", type=int, default=2, help="feed-forward expansion factor")
     a("--short_conv", action=argparse.BooleanOptionalAction, default=True,
       help="short causal convolution on q, k, v (fla's use_short_conv)")
@@ -89,6 +89,10 @@ def build_parser():
            "(continue later with --resume); no held-out evaluation")
     a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
     a("--log_every", type=int, default=100, help="print a progress line every this many steps")
+    a("--threads", type=int, default=1,
+      help="BLAS threads (the command sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and "
+           "MKL_NUM_THREADS and starts itself again, since BLAS reads them only at start-up); "
+           "at these sizes 1 is fastest, and far faster on a busy machine")
     return p
 
 
@@ -253,5 +257,25 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _relaunch_for_threads(argv):
+    """Start the command again with the BLAS thread variables set, unless they already are.
+
+    NumPy's BLAS reads its thread count once, when NumPy is imported, which has happened before
+    this module runs. The matrices here are small (64 x 64 and the like): a second BLAS thread
+    gains little when the machine is quiet and, busy-waiting for a core, costs up to ten times
+    the step time when it is not (measured, docs/experiments.md).
+    """
+    args = build_parser().parse_args(argv)  # --help and bad options exit here, before relaunch
+    want = str(args.threads)
+    if all(os.environ.get(name) == want for name in THREAD_VARS):
+        return
+    env = {**os.environ, **{name: want for name in THREAD_VARS}}
+    os.execve(sys.executable, [sys.executable, "-m", "gla_np.train", *argv], env)
+
+
 if __name__ == "__main__":
+    _relaunch_for_threads(sys.argv[1:])
     main(sys.argv[1:])

@@ -63,6 +63,16 @@ def test_float32_keeps_dtype_and_matches_float64():
     np.testing.assert_allclose(grads32["head.weight"], grads64["head.weight"], atol=1e-5)
 
 
+def test_short_conv_kernels_start_uniform():
+    config = _config(use_short_conv=True, hidden_size=32, embed_dim=32, num_heads=2, head_dim=16)
+    params = lm.init_params(config, 11, np.random.default_rng(0))
+    kernels = [v for k, v in params.items() if ".conv_" in k]
+    assert len(kernels) == 3 * config.num_layers
+    w = np.concatenate([k.ravel() for k in kernels])  # W = 4: U(-1/2, 1/2), std 1/sqrt(12)
+    assert np.abs(w).max() <= 0.5 and w.std() == pytest.approx(12 ** -0.5, rel=0.1)
+    assert params["blocks.0.attn.W_q"].std() == pytest.approx(0.02, rel=0.2)  # the rest: fla's
+
+
 def test_init_and_validation():
     config = _config()
     params = lm.init_params(config, 11, np.random.default_rng(0))

@@ -24,6 +24,9 @@ def _check_mqar_row(inp, tgt, P, V):
         assert inp[t] in lookup  # the query is a key from the context...
         assert tgt[t] == lookup[inp[t]]  # ...and its target the value paired with it
     assert sorted(inp[query_pos].tolist()) == sorted(keys.tolist())
+    # outside the pairs, a key occurs only at its query: every query has exactly one answer
+    later = inp[2 * P:]
+    assert np.isin(later, keys).sum() == P
     assert ((inp >= 0) & (inp < V)).all()
 
 
