@@ -66,6 +66,14 @@ def check_positive_int(name, value):
     return int(value)
 
 
+def check_positive_real(name, value):
+    """Check that ``value`` is a finite real number > 0 (bools are refused); return a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            np.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_rate(name, value):
     """Check that ``value`` is a probability in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
