@@ -5,6 +5,7 @@ model sees only its own slice with the prefix taken off (``"W_q"``). ``take`` cu
 ``put`` puts a gradient dict back under its prefix. The pre-norm is either RMSNorm (weight only,
 fla and the paper) or LayerNorm (weight and bias, Edifice); ``norm_forward`` and
 ``norm_backward`` pick the op by the name ``kind`` so that the callers read the same either way.
+``check_params`` and ``check_upstream`` are the checks every part's forward and backward share.
 Nothing here has its own derivation: the norm gradients are those of ``gla_np.rmsnorm`` and
 ``gla_np.layernorm``.
 """
@@ -51,6 +52,11 @@ class NormCache(NamedTuple):
     op: Any  # RMSNormCache or LayerNormCache
 
 
+def norm_shapes(kind, D):
+    """The norm's parameter shapes by name: weight (and bias for LayerNorm)."""
+    return {"w": (D,), "b": (D,)} if kind == "layernorm" else {"w": (D,)}
+
+
 def norm_forward(params, x, kind, eps):
     """Normalize x over its last axis with the norm ``kind``; params holds "w" (and "b")."""
     if kind == "layernorm":
@@ -78,3 +84,37 @@ def check_input(name, x, width, dtype, *, step=False):
     if x.dtype != np.dtype(dtype):
         raise ValueError(f"{name}: expected dtype {dtype} (the config's dtype), got {x.dtype}")
     return x
+
+
+def check_params(params, shapes, dtype):
+    """Check that ``params`` has every name of ``shapes`` with that shape, ``dtype``, finite.
+
+    Extra entries are allowed (a language model keeps its embedding and head in the same dict).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    for name, shape in shapes.items():
+        if name not in params:
+            raise ValueError(f"params: missing {name!r} (expected shape {shape})")
+        p = check_array(f"params[{name!r}]", params[name])
+        if p.shape != shape or p.dtype != np.dtype(dtype):
+            raise ValueError(f"params[{name!r}]: expected shape {shape} and dtype {dtype}, "
+                             f"got {p.shape} {p.dtype}")
+
+
+def check_upstream(name, d, shape, dtype):
+    """An upstream gradient of the forward's output: zeros for None, else checked and returned.
+
+    It must have the output's shape and dtype: a gradient in another dtype is refused rather
+    than silently cast (float32 gradients into a float64 backward would lose the reference).
+    """
+    if d is None:
+        return np.zeros(shape, dtype=dtype)
+    d = check_array(name, d)
+    if d.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the forward's output), "
+                         f"got {d.shape}")
+    if d.dtype != np.dtype(dtype):
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the forward's dtype), "
+                         f"got {d.dtype}")
+    return d

@@ -33,7 +33,7 @@ class AttentionCache(NamedTuple):
     """The cache of ``gla_attention``: which form ran, and that form's own cache."""
 
     form: str  # "recurrent", "parallel" or "chunk"
-    inner: tuple  # RecurrentCache, ParallelCache or the chunked form's cache
+    inner: tuple  # RecurrentCache, ParallelCache or ChunkedCache
 
 
 def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, chunk_size=64,
@@ -65,7 +65,7 @@ def gla_attention_backward(do, d_final_state, cache):
     """Backward of ``gla_attention``: return ``(dq, dk, dv, dg, d_initial_state)``.
 
     Routes to the backward of the form that made ``cache``; each form derives its own
-    (docs/derivations/recurrent.md, docs/derivations/parallel.md and the chunked form's page):
+    (docs/derivations/recurrent.md, docs/derivations/parallel.md, docs/derivations/chunked.md):
 
         dq, dk, dv, dg, d_initial_state = <form>.backward(do, d_final_state, cache.inner)
 

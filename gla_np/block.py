@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from gla_np import ffn, gla_layer
-from gla_np._params import put, take
+from gla_np._params import check_input, check_params, check_upstream, put, take
+
+
+def param_shapes(config):
+    """Every parameter's name and shape: the layer's under "attn.", the FFN's under "ffn."."""
+    return {**put(gla_layer.param_shapes(config), "attn."),
+            **put(ffn.param_shapes(config), "ffn.")}
 
 
 def init_params(config, rng):
@@ -30,7 +36,12 @@ class BlockCache(NamedTuple):
 
 
 def forward(params, x, config, *, training=False, rng=None):
-    """x (B, T, D) -> (B, T, D). Returns ``(out, cache)``. Dropout draws layer first, then FFN."""
+    """x (B, T, D) -> (B, T, D). Returns ``(out, cache)``. Dropout draws layer first, then FFN.
+
+    ``params`` must hold every name of ``param_shapes(config)``.
+    """
+    x = check_input("x", x, config.hidden_size, config.dtype)
+    check_params(params, param_shapes(config), config.dtype)
     h, c_attn = gla_layer.forward(take(params, "attn."), x, config, training=training, rng=rng)
     out, c_ffn = ffn.forward(take(params, "ffn."), h, config, training=training, rng=rng)
     return out, BlockCache(c_attn, c_ffn)
@@ -41,8 +52,14 @@ def backward(dout, cache):
 
         dh = ffn'(dout)      (the residual's identity path is inside ffn.backward)
         dx = gla_layer'(dh)
+
+    ``dout`` None means zero; otherwise it must have the output's shape and dtype.
     """
-    dh, ffn_grads = ffn.backward(dout, cache.ffn)
+    c_ffn = cache.ffn
+    dout = check_upstream("dout", dout, c_ffn.drop.x_shape, c_ffn.drop.x_dtype)
+    # forward: out = ffn(h)   so: dh = ffn'(dout)
+    dh, ffn_grads = ffn.backward(dout, c_ffn)
+    # forward: h = gla_layer(x)   so: dx = gla_layer'(dh)
     dx, attn_grads = gla_layer.backward(dh, cache.attn)
     grads = put(attn_grads, "attn.")
     grads.update(put(ffn_grads, "ffn."))
@@ -53,7 +70,8 @@ def step(params, x_t, state, config):
     """One position for streaming: x_t (B, D), state a ``gla_layer.LayerState``.
 
     Returns ``(y_t, new_state)``. The FFN acts on each position alone, so it needs no state.
+    ``params`` are not checked here: ``model.step`` and the ``edifice`` holders check them once
+    per call.
     """
     h_t, new_state = gla_layer.step(take(params, "attn."), x_t, state, config)
-    out, _ = ffn.forward(take(params, "ffn."), h_t[:, None], config)  # (B, 1, D)
-    return out[:, 0], new_state
+    return ffn.step(take(params, "ffn."), h_t, config), new_state

@@ -75,7 +75,7 @@ class ChunkedCache(NamedTuple):
     v: np.ndarray  # (B, H, T, V)
     b: np.ndarray  # (B, H, N, C, K) chunk-local cumsum of g, kept instead of g (same size)
     states: np.ndarray  # (B, H, N + 1, K, V): states[:, :, n] = H_n, H_0 = S_0, H_N = S_T
-    scale: float
+    scale: float  # s, multiplies q (a Python float; backward casts it to q's dtype)
     chunk_size: int  # C actually used: min(chunk_size, T)
     sub_chunk_size: int  # c actually used: min(sub_chunk_size, C)
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
@@ -154,20 +154,12 @@ def backward(do, d_final_state, cache):
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
     qs = s * q_c
     l = b[:, :, :, -1, :]  # (B, H, N, K)
-    N = b.shape[2]
     q_decay = np.exp(b)  # (B, H, N, C, K)
     k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
     entering = states[:, :, :-1]  # H_n, (B, H, N, K, V)
 
-    # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
-    # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
-    read_grad = (qs * q_decay).swapaxes(-1, -2) @ do_c  # (B, H, N, K, V)
-    chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
-    E = np.empty((B, H, N, K, V), dtype=q.dtype)  # E[:, :, n]: gradient on H_{n+1}
-    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
-    for n in range(N - 1, 0, -1):
-        E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
-    d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]
+    # the state pass in reverse: E_n, the gradient on the state leaving chunk n, and dS_0
+    E, d_initial_state = _state_grads(qs * q_decay, do_c, l, d_final_state)
 
     # forward (1): o_t = s * H_n^T (q_t * exp b_t)
     # so:  dq_t = s * exp(b_t) * (H_n do_t)
@@ -188,6 +180,39 @@ def backward(do, d_final_state, cache):
     dq = dq_gated + s * dA_self * k_c
     dk = dk_state + dk_past + dA_self * qs
 
+    # the log gates: every gated exponent above passes its gradient to the gates it sums
+    dg = _gate_grad(q_c * dq_gated - k_c * dk_past, k_c * dk_state, l, entering, E)
+    grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
+    return (*grads, d_initial_state if has_initial_state else None)
+
+
+def _state_grads(q_read, do_c, l, d_final_state):
+    """The reverse pass over chunks: return E (B, H, N, K, V) and the gradient on H_0 (= S_0).
+
+    E[:, :, n] is E_n, the gradient on H_{n+1}, the state leaving chunk n. q_read = s q exp(b)
+    (B, H, N, C, K) are the queries that read the entering state in (1); l (B, H, N, K) the
+    chunk decays; d_final_state (B, H, K, V) or None.
+    """
+    # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
+    # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
+    read_grad = q_read.swapaxes(-1, -2) @ do_c  # (B, H, N, K, V)
+    chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
+    N = read_grad.shape[2]
+    E = np.empty_like(read_grad)  # (B, H, N, K, V), E[:, :, n]: gradient on H_{n+1}
+    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
+    for n in range(N - 1, 0, -1):
+        E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
+    d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]
+    return E, d_initial_state
+
+
+def _gate_grad(reads, writes, l, entering, E):
+    """dg in chunks (B, H, N, C, K), from the three families of gated exponents of a chunk.
+
+    reads = q * dq~ - k * dk~ (the parts of dq and dk that pass through a gate: the reads of the
+    entering state and the past pairs), writes = k * dk_state (the writes into the leaving
+    state), both (B, H, N, C, K); l (B, H, N, K); entering H_n and E_n (B, H, N, K, V).
+    """
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
     # (docs/derivations/chunked.md): inside chunk n, with u < r <= t,
     #   reads of the entering state and past pairs (t >= r): sum over t >= r of q dq - k dk
@@ -195,11 +220,8 @@ def backward(do, d_final_state, cache):
     #   writes into the leaving state (u < r): sum over u < r of k * dk_state,
     #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
     # The sums over rows of a chunk are products with 0/1 triangular (C, C) matrices.
-    at_or_after = np.triu(np.ones((C, C), dtype=q.dtype))  # [r, t] = 1 if t >= r
-    before = np.tril(np.ones((C, C), dtype=q.dtype), k=-1)  # [r, u] = 1 if u < r
-    dg = (at_or_after @ (q_c * dq_gated - k_c * dk_past)  # (B, H, N, C, K)
-          + before @ (k_c * dk_state)
-          + (np.exp(l) * np.sum(entering * E, axis=-1))[:, :, :, None, :])
-
-    grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
-    return (*grads, d_initial_state if has_initial_state else None)
+    C = reads.shape[3]
+    at_or_after = np.triu(np.ones((C, C), dtype=reads.dtype))  # [r, t] = 1 if t >= r
+    before = np.tril(np.ones((C, C), dtype=reads.dtype), k=-1)  # [r, u] = 1 if u < r
+    carried = np.exp(l) * np.sum(entering * E, axis=-1)  # (B, H, N, K)
+    return at_or_after @ reads + before @ writes + carried[:, :, :, None, :]

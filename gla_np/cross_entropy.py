@@ -69,9 +69,13 @@ def forward(logits, targets, ignore_index=-100):
     safe = np.where(counted, targets, 0)  # (...) an index that is valid everywhere
 
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (..., vocab), every entry <= 0
-    exps = np.exp(shifted)  # (..., vocab), in (0, 1], the row maximum gives exactly 1
-    sums = exps.sum(axis=-1, keepdims=True)  # (..., 1), in [1, vocab]
-    probs = exps / sums  # (..., vocab)
+    # Entries far below the row maximum underflow to 0 (or to a subnormal), the correctly
+    # rounded answer: silence that one flag (as sigmoid does) around exp and the division, so
+    # that even np.errstate(all="raise") stays quiet.
+    with np.errstate(under="ignore"):
+        exps = np.exp(shifted)  # (..., vocab), in [0, 1], the row maximum gives exactly 1
+        sums = exps.sum(axis=-1, keepdims=True)  # (..., 1), in [1, vocab]
+        probs = exps / sums  # (..., vocab)
     shifted_t = np.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]  # (...)
     # nll = logsumexp(z) - z_t = (m + log sums) - (m + shifted_t): the max m cancels
     nll = np.log(sums[..., 0]) - shifted_t  # (...), >= 0
@@ -108,4 +112,5 @@ def backward(dloss, cache):
     dnll = cache.counted.astype(cache.probs.dtype) * scale  # (...), logits' dtype
     onehot = np.zeros_like(cache.probs)  # (..., vocab)
     np.put_along_axis(onehot, cache.targets[..., None], 1, axis=-1)
-    return (cache.probs - onehot) * dnll[..., None]  # (..., vocab)
+    with np.errstate(under="ignore"):  # a tiny probability times dloss / n may underflow to 0
+        return (cache.probs - onehot) * dnll[..., None]  # (..., vocab)

@@ -64,15 +64,17 @@ def backward(dy, cache):
         dx = dy * keep / (1 - rate)     (training, rate > 0)
         dx = dy                         (identity)
 
-    ``dy=None`` means zero and gives a zero ``dx``.
+    ``dy=None`` means zero and gives a zero ``dx``. ``dy`` must have x's shape and dtype.
     """
     if dy is None:
         return np.zeros(cache.x_shape, dtype=cache.x_dtype)
     dy = check_array("dy", dy)
     check_shape("dy", dy, cache.x_shape)
+    if dy.dtype != cache.x_dtype:
+        raise ValueError(f"dy: expected dtype {cache.x_dtype} (the forward's dtype), "
+                         f"got {dy.dtype}")
     if cache.keep is None:
-        # forward: y = x   so: dx = dy
-        return dy.astype(cache.x_dtype, copy=True)
+        # forward: y = x   so: dx = dy (a copy: the caller may write into dx, not into dy)
+        return dy.copy()
     # forward: y = x * keep / (1 - rate)   so: dx = dy * keep / (1 - rate)
-    dx = dy * cache.keep / (1.0 - cache.rate)
-    return dx.astype(cache.x_dtype, copy=False)
+    return dy * cache.keep / (1.0 - cache.rate)  # keeps dy's dtype, which is x's

@@ -22,6 +22,7 @@ What differs, and why (docs/edifice.md has the point-by-point comparison):
 
 The returned objects are thin holders of ``config`` and ``params`` that call the pure functions
 of ``gla_np.model``, ``gla_np.block`` and ``gla_np.gla_layer``; they keep no other state.
+Every function here refuses an option it does not know (ValueError naming it), as ``build`` does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 
 from gla_np import block, gla_layer, model
 from gla_np._checks import check_positive_int
+from gla_np._params import check_params
 from gla_np.model import GLAConfig
 
 EDIFICE_DEFAULTS = {"hidden_size": 256, "num_layers": 6, "num_heads": 4, "head_dim": 64,
@@ -43,19 +45,39 @@ def recommended_defaults():
     return dict(EDIFICE_DEFAULTS)
 
 
+OPTIONS = tuple(f.name for f in dataclasses.fields(GLAConfig)) + ("seed", "rng")
+
+
+def _config(opts, embed_dim):
+    """The GLAConfig of ``build``'s options; unknown options and bad values are refused by name.
+
+    ``embed_dim`` is the default used when ``opts`` has none. ``seed`` and ``rng`` are checked
+    (they must not both be given) and dropped: they change values, not the configuration.
+    """
+    for name in opts:
+        if name not in OPTIONS:
+            raise ValueError(f"{name}: unknown option; expected one of {sorted(OPTIONS)}")
+    opts = dict(opts)
+    _rng(opts.pop("seed", None), opts.pop("rng", None))
+    opts.setdefault("embed_dim", embed_dim)
+    return GLAConfig(**opts)
+
+
 def output_size(**opts):
-    """The width of the model's output: ``hidden_size`` (default 256), as in Edifice."""
-    return check_positive_int("hidden_size", opts.get("hidden_size", 256))
+    """The width of the model's output: ``hidden_size`` (default 256), as in Edifice.
+
+    Accepts the options of ``build`` and checks them as ``build`` does.
+    """
+    return _config(opts, 287).hidden_size
 
 
 def param_count(**opts):
     """The EXACT number of scalars ``build(**opts).params`` holds (embed_dim defaults to 287).
 
-    Accepts the options of ``build``; ``seed`` and ``rng`` are ignored (they change values only).
+    Accepts the options of ``build`` and checks them as ``build`` does; ``seed`` and ``rng``
+    change values only, not the count.
     """
-    opts = {k: v for k, v in opts.items() if k not in ("seed", "rng")}
-    opts.setdefault("embed_dim", 287)
-    return model.param_count(GLAConfig(**opts))
+    return model.param_count(_config(opts, 287))
 
 
 def _rng(seed, rng):
@@ -94,43 +116,42 @@ class GLAModel:
 
 
 @dataclasses.dataclass
-class GLALayer:
-    """One GLA layer (pre-norm, token mixer, dropout, residual) on (B, T, hidden_size)."""
+class GLAPart:
+    """config + params of one part on (B, T, hidden_size), run by the pure functions of
+    ``module``: a subclass names it (``gla_layer`` for a layer, ``block`` for a block)."""
 
     config: GLAConfig
     params: dict
+    module = None  # the module whose forward, backward and step this part calls
 
     def forward(self, x, *, training=False, rng=None):
-        return gla_layer.forward(self.params, x, self.config, training=training, rng=rng)
+        """x (B, T, hidden_size) -> (out, cache), out of x's shape."""
+        return self.module.forward(self.params, x, self.config, training=training, rng=rng)
 
-    def backward(self, dy, cache):
-        return gla_layer.backward(dy, cache)
+    def backward(self, dout, cache):
+        """(dx, grads), grads keyed like ``params``."""
+        return self.module.backward(dout, cache)
 
     def init_state(self, batch):
+        """The streaming state before the first token (a ``gla_layer.LayerState``)."""
         return gla_layer.init_state(self.config, check_positive_int("batch", batch))
 
     def step(self, x_t, state):
-        return gla_layer.step(self.params, x_t, state, self.config)
+        """One position: x_t (B, hidden_size) -> (y_t, new_state). Checks params once per call."""
+        check_params(self.params, self.module.param_shapes(self.config), self.config.dtype)
+        return self.module.step(self.params, x_t, state, self.config)
 
 
-@dataclasses.dataclass
-class GLABlock:
-    """One block (GLA layer then SwiGLU feed-forward, each with residual) on (B, T, hidden)."""
+class GLALayer(GLAPart):
+    """One GLA layer (pre-norm, token mixer, dropout, residual): ``gla_np.gla_layer``."""
 
-    config: GLAConfig
-    params: dict
+    module = gla_layer
 
-    def forward(self, x, *, training=False, rng=None):
-        return block.forward(self.params, x, self.config, training=training, rng=rng)
 
-    def backward(self, dy, cache):
-        return block.backward(dy, cache)
+class GLABlock(GLAPart):
+    """One block (GLA layer then SwiGLU feed-forward, each with residual): ``gla_np.block``."""
 
-    def init_state(self, batch):
-        return gla_layer.init_state(self.config, check_positive_int("batch", batch))
-
-    def step(self, x_t, state):
-        return block.step(self.params, x_t, state, self.config)
+    module = block
 
 
 def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=64,
@@ -154,9 +175,8 @@ def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=6
 
 
 def _part_config(opts):
-    opts = dict(opts)
-    opts.setdefault("embed_dim", opts.get("hidden_size", 256))  # a part maps hidden to hidden
-    return GLAConfig(**opts)
+    """A part maps hidden to hidden: embed_dim defaults to hidden_size."""
+    return _config(opts, check_positive_int("hidden_size", opts.get("hidden_size", 256)))
 
 
 def build_gated_linear_attention(*, seed=None, rng=None, **opts):

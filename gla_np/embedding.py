@@ -59,13 +59,16 @@ def backward(dy, cache):
         dE[v, :] = sum over positions p with ids[p] == v of dy[p, :]
         (rows of E that no id picked get zero)
 
-    ``dy=None`` means zero and gives a zero ``dE``.
+    ``dy=None`` means zero and gives a zero ``dE``. ``dy`` must have E's dtype.
     """
-    dE = np.zeros(cache.E_shape, dtype=cache.E_dtype)  # (vocab, D)
     if dy is None:
-        return dE
+        return np.zeros(cache.E_shape, dtype=cache.E_dtype)
     dy = check_array("dy", dy)
     check_shape("dy", dy, cache.ids.shape + (cache.E_shape[1],))
+    if dy.dtype != cache.E_dtype:
+        raise ValueError(f"dy: expected dtype {cache.E_dtype} (the forward's dtype), "
+                         f"got {dy.dtype}")
+    dE = np.zeros(cache.E_shape, dtype=cache.E_dtype)  # (vocab, D)
     # forward: y[p] = E[ids[p]]   so: dE[ids[p]] += dy[p] for every position p.
     # np.add.at adds once per occurrence; dE[ids] += dy would keep only one of repeated ids.
     np.add.at(dE, cache.ids.reshape(-1), dy.reshape(-1, cache.E_shape[1]))

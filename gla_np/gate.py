@@ -42,6 +42,15 @@ def fixed_log_decays(num_heads, dtype=np.float64):
     return np.log1p(-(2.0 ** (-5.0 - h))).astype(dtype)
 
 
+def param_shapes(kind, D, H, K, rank):
+    """The gate's parameter shapes by name (empty for "fixed" and "none")."""
+    if kind == "vector":
+        return {"W1": (D, rank), "W2": (rank, H * K), "b2": (H * K,)}
+    if kind == "scalar":
+        return {"W": (D, H), "b": (H,)}
+    return {}
+
+
 def init_params(kind, D, H, K, rank, dtype, rng):
     """Gate parameters as fla initializes them: weights N(0, 0.02), bias 0. Empty for fixed/none."""
     if kind == "vector":
@@ -55,9 +64,9 @@ def init_params(kind, D, H, K, rank, dtype, rng):
 class GateCache(NamedTuple):
     """Children by name (None where the kind has no such step); nothing is recomputed."""
 
-    kind: str
+    kind: str  # which gate ran: "vector", "scalar", "fixed" or "none"
     x_shape: tuple  # (..., D): dx is zero of this shape for "fixed" and "none"
-    x_dtype: np.dtype
+    x_dtype: np.dtype  # x.dtype: the dtype of dx and of a zero dg
     down: Any  # LinearCache of x W1 ("vector"), else None
     up: Any  # LinearCache of (x W1) W2 + b2 ("vector") or of x W + b ("scalar")
     act: Any  # LogsigmoidCache of z

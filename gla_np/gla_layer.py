@@ -1,7 +1,9 @@
 """The GLA layer: the token mixer of a block, with its pre-norm, dropout and residual.
 
 Over ``gla_attention`` (the core) it adds everything that turns model width D into heads and
-back, as fla's ``GatedLinearAttention`` layer does (no biases anywhere, as in fla):
+back, as fla's ``GatedLinearAttention`` layer does. As in fla, the q, k, v, output-gate and
+output projections have no bias; the gate's second projection has one (b2, fla's ``gk_proj``),
+and so does the pre-norm when it is LayerNorm:
 
     xn = Norm(x)                                            (1) pre-norm (RMSNorm or LayerNorm)
     q = xn W_q,  k = xn W_k   (H*K)     v = xn W_v  (H*V)   (2) optional: SiLU(short conv) on each
@@ -26,12 +28,25 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gla_np import dropout, gate, linear, recurrent, rmsnorm, short_conv, swish
-from gla_np._params import (check_input, norm_backward, norm_forward, norm_init, normal, put,
-                            take)
+from gla_np._params import (check_input, check_params, check_upstream, norm_backward,
+                            norm_forward, norm_init, norm_shapes, normal, put, take)
 from gla_np.attention import gla_attention, gla_attention_backward
 
 O_NORM_EPS = 1e-5  # fla's eps for the per-head output RMSNorm inside the layer
 QKV = ("q", "k", "v")
+
+
+def param_shapes(config):
+    """Every parameter's name and shape, in ``init_params`` order."""
+    D, H, K, W = config.hidden_size, config.num_heads, config.head_dim, config.conv_size
+    HK = H * K  # V = K: one head_dim for keys and values, as Edifice and fla's defaults
+    shapes = {**put(norm_shapes(config.norm, D), "norm."), "W_q": (D, HK), "W_k": (D, HK),
+              "W_v": (D, HK)}
+    if config.use_short_conv:
+        shapes.update({"conv_q": (W, HK), "conv_k": (W, HK), "conv_v": (W, HK)})
+    shapes.update(put(gate.param_shapes(config.gate, D, H, K, config.gate_rank), "gate."))
+    shapes.update({"W_r": (D, HK), "o_norm.w": (K,), "W_o": (HK, D)})
+    return shapes
 
 
 def init_params(config, rng):
@@ -84,6 +99,7 @@ def _qkv_backward(dq, dk, dv, cache):
             # forward: z = SiLU(conv(xn W))
             dz = swish.backward(dz, c_act)
             dz, grads[f"conv_{n}"], _ = short_conv.backward(dz, c_conv)
+        # forward: z = xn W   so: dxn = dz W^T,  dW = xn^T dz
         dxn, grads[f"W_{n}"], _ = linear.backward(dz, c_proj)
         dxns.append(dxn)
     return dxns, grads
@@ -112,10 +128,15 @@ def _out_forward(params, o_tok, xn):
 
 
 def _out_backward(dy, c):
+    """Gradients of ``_out_forward``: do_tok (B, T, H, V), the output gate's dxn, param grads."""
+    # forward: y = u W_o   so: du = dy W_o^T,  dW_o = u^T dy
     du, dW_o, _ = linear.backward(dy, c.o_proj)
     # forward: u = on * sr   so: don = du * sr,  dsr = du * on
     don, dsr = du * c.sr, du * c.on
-    dxn_out_gate, dW_r, _ = linear.backward(swish.backward(dsr, c.r_act), c.r_proj)
+    # forward: sr = swish(r),  r = xn W_r   so: dr = swish'(r) dsr,  dxn_out_gate = dr W_r^T
+    dr = swish.backward(dsr, c.r_act)
+    dxn_out_gate, dW_r, _ = linear.backward(dr, c.r_proj)
+    # forward: on = RMSNorm_V(o_tok) per head, flattened   so: do_tok = RMSNorm_V'(don unflattened)
     do_tok, dw_onorm = rmsnorm.backward(don.reshape(c.o_norm.x_hat.shape), c.o_norm)
     return do_tok, dxn_out_gate, {"W_r": dW_r, "o_norm.w": dw_onorm, "W_o": dW_o}
 
@@ -133,12 +154,14 @@ class GLALayerCache(NamedTuple):
 
 
 def forward(params, x, config, *, training=False, rng=None):
-    """One GLA layer with residual: x (B, T, D) -> (B, T, D). Returns ``(y, cache)``.
+    """One GLA layer with residual: x (B, T, D) -> out (B, T, D). Returns ``(out, cache)``.
 
     ``config`` supplies the sizes and options (a ``GLAConfig``; D = ``config.hidden_size``).
-    Dropout is active only with ``training=True``, drawing from ``rng``.
+    ``params`` must hold every name of ``param_shapes(config)``. Dropout is active only with
+    ``training=True``, drawing from ``rng``.
     """
     x = check_input("x", x, config.hidden_size, config.dtype)
+    check_params(params, param_shapes(config), config.dtype)
     H, K = config.num_heads, config.head_dim
     xn, c_norm = norm_forward(take(params, "norm."), x, config.norm, config.norm_eps)
     (q, k, v), c_qkv, _ = _qkv_forward(params, xn, config)  # (B, T, H, K|V)
@@ -153,24 +176,34 @@ def forward(params, x, config, *, training=False, rng=None):
     return x + yd, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
 
 
-def backward(dy, cache):
+def backward(dout, cache):
     """Return ``(dx, grads)``, grads keyed like params. Derivation: docs/derivations/gla-layer.md
 
-        du = dropout'(dy) W_o^T;   don = du * swish(r);   dr = swish'(r) (du * on)
-        do = RMSNorm_V'(don);      dq, dk, dv, dg = core'(do)     (heads swapped back)
-        dxn = dq W_q^T + dk W_k^T + dv W_v^T + gate'(dg) + dr W_r^T
-        dx = dy + Norm'(dxn)
+        dy = dropout'(dout);      du = dy W_o^T
+        don = du * sr;            dr = swish'(r) (du * on);     do = RMSNorm_V'(don)
+        dq, dk, dv, dg = core'(do)                              (heads swapped back)
+        dz_n = dn;  short conv on: dz_n = conv_n'(SiLU'(c_n) dn), c_n = conv_n(z_n)
+        dxn = dz_q W_q^T + dz_k W_k^T + dz_v W_v^T + gate'(dg) + dr W_r^T
+        dx = dout + Norm'(dxn)
+
+    ``dout`` None means zero; otherwise it must have the output's shape and dtype.
     """
     c = cache
-    dy_out = dropout.backward(dy, c.drop)
-    do_tok, dxn_out_gate, grads = _out_backward(dy_out, c.out)
+    dout = check_upstream("dout", dout, c.drop.x_shape, c.drop.x_dtype)
+    # forward: out = x + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last)
+    dy = dropout.backward(dout, c.drop)
+    do_tok, dxn_out_gate, grads = _out_backward(dy, c.out)
+    # forward: o = core(q, k, v, g) on (B, H, T, .)   so: core'(do), no gradient on S_T
     dq, dk, dv, dg, _ = gla_attention_backward(do_tok.transpose(0, 2, 1, 3), None, c.core)
     dq, dk, dv, dg = [a.transpose(0, 2, 1, 3) for a in (dq, dk, dv, dg)]  # back to (B, T, H, .)
+    # forward: g = gate(xn)   so: dxn_gate = gate'(dg)
     dxn_gate, g_grads = gate.backward(dg, c.gate)
+    # forward: q, k, v = xn W_q, xn W_k, xn W_v (each through SiLU(conv) if on)   so: three dxn
     (dxn_q, dxn_k, dxn_v), qkv_grads = _qkv_backward(dq, dk, dv, c.qkv)
     dxn = dxn_q + dxn_k + dxn_v + dxn_gate + dxn_out_gate  # xn fed five projections
+    # forward: xn = Norm(x)   so: dx_norm = Norm'(dxn)
     dx_norm, n_grads = norm_backward(dxn, c.norm)
-    dx = dy + dx_norm  # x fed the residual and the norm
+    dx = dout + dx_norm  # x fed the residual and the norm
     grads.update(qkv_grads)
     grads.update(put(g_grads, "gate."))
     grads.update(put(n_grads, "norm."))
@@ -196,7 +229,11 @@ def init_state(config, batch):
 
 
 def step(params, x_t, state, config):
-    """One position, x_t (B, D) -> (y_t (B, D), new_state). Inference: no dropout, no cache."""
+    """One position, x_t (B, D) -> (y_t (B, D), new_state). Inference: no dropout, no cache.
+
+    ``params`` are not checked here, so that streaming does not re-check every weight at every
+    layer of every token: ``model.step`` and the ``edifice`` holders check them once per call.
+    """
     x = check_input("x_t", x_t, config.hidden_size, config.dtype, step=True)[:, None]  # (B, 1, D)
     if not isinstance(state, LayerState) or state.S.shape[0] != x.shape[0]:
         raise ValueError(f"state: expected a LayerState from init_state(config, {x.shape[0]}), "

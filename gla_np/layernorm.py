@@ -8,18 +8,11 @@ is computed from centred values (two passes), which stays accurate when |mean| >
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_same_dtype, check_shape
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < np.inf:
-        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
-    return float(eps)
+from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
 
 
 class LayerNormCache(NamedTuple):
@@ -46,7 +39,7 @@ def forward(x, w, b, eps=1e-5):
     b = check_array("b", b, ndim=1)
     check_shape("b", b, (D,))
     check_same_dtype(x=x, w=w, b=b)
-    eps = _check_eps(eps)
+    eps = check_positive_real("eps", eps)
 
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean  # (..., D)

@@ -16,27 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gla_np import block, gla_layer, linear
-from gla_np._checks import (check_array, check_choice, check_positive_int, check_rate,
-                             check_shape)
-from gla_np._params import check_input, norm_backward, norm_forward, norm_init, normal, put, take
+from gla_np._checks import check_choice, check_positive_int, check_positive_real, check_rate
+from gla_np._params import (check_input, check_params, check_upstream, norm_backward,
+                            norm_forward, norm_init, norm_shapes, normal, put, take)
+from gla_np.attention import FORMS
 from gla_np.gate import GATES
 
-FORMS = ("recurrent", "parallel", "chunk")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float64", "float32")
-
-
-def _check_positive_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
-    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +68,8 @@ class GLAConfig:
         seq_len = self.window_size if self.seq_len is None else self.seq_len
         object.__setattr__(self, "seq_len", check_positive_int("seq_len", seq_len))
         object.__setattr__(self, "dropout", check_rate("dropout", self.dropout))
-        _check_positive_real("gate_normalizer", self.gate_normalizer)
-        _check_positive_real("norm_eps", self.norm_eps)
+        check_positive_real("gate_normalizer", self.gate_normalizer)
+        check_positive_real("norm_eps", self.norm_eps)
         check_choice("gate", self.gate, GATES)
         check_choice("form", self.form, FORMS)
         check_choice("norm", self.norm, NORMS)
@@ -92,24 +84,13 @@ class GLAConfig:
 
 def param_shapes(config):
     """Every parameter's name and shape, in init order: the single source of the param count."""
-    D, H, K, R, W = (config.hidden_size, config.num_heads, config.head_dim, config.gate_rank,
-                     config.conv_size)
-    HK = H * K  # V = K: one head_dim for keys and values, as Edifice and fla's defaults
-    norm = {"w": (D,), "b": (D,)} if config.norm == "layernorm" else {"w": (D,)}
-    gate = {"vector": {"W1": (D, R), "W2": (R, HK), "b2": (HK,)}, "scalar": {"W": (D, H),
-            "b": (H,)}}.get(config.gate, {})
-    attn = {**put(norm, "norm."), "W_q": (D, HK), "W_k": (D, HK), "W_v": (D, HK)}
-    if config.use_short_conv:
-        attn.update({"conv_q": (W, HK), "conv_k": (W, HK), "conv_v": (W, HK)})
-    attn.update({**put(gate, "gate."), "W_r": (D, HK), "o_norm.w": (K,), "W_o": (HK, D)})
-    F = D * config.expand_factor
-    ffn = {**put(norm, "norm."), "W_gate": (D, F), "W_up": (D, F), "W_down": (F, D)}
+    D = config.hidden_size
     shapes = {}
     if config.embed_dim != D:
         shapes.update({"input_proj.W": (config.embed_dim, D), "input_proj.b": (D,)})
     for i in range(config.num_layers):
-        shapes.update(put({**put(attn, "attn."), **put(ffn, "ffn.")}, f"blocks.{i}."))
-    shapes.update(put(norm, "final_norm."))
+        shapes.update(put(block.param_shapes(config), f"blocks.{i}."))
+    shapes.update(put(norm_shapes(config.norm, D), "final_norm."))
     return shapes
 
 
@@ -140,18 +121,6 @@ def init_params(config, rng):
     return params
 
 
-def _check_params(params, config):
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
-    for name, shape in param_shapes(config).items():
-        if name not in params:
-            raise ValueError(f"params: missing {name!r} (expected shape {shape})")
-        p = check_array(f"params[{name!r}]", params[name])
-        if p.shape != shape or p.dtype != np.dtype(config.dtype):
-            raise ValueError(f"params[{name!r}]: expected shape {shape} and dtype "
-                             f"{config.dtype}, got {p.shape} {p.dtype}")
-
-
 class ModelCache(NamedTuple):
     """Children by name: the input projection (None when there is none), each block, the norm."""
 
@@ -160,7 +129,6 @@ class ModelCache(NamedTuple):
     final_norm: Any  # NormCache of (3)
     h_shape: tuple  # (B, T, hidden_size)
     return_sequence: bool
-    x_shape: tuple  # (B, T, embed_dim), for dx when there is no input projection
     param_names: tuple  # the model's param names: grads get exactly these keys
 
 
@@ -172,7 +140,7 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
     Returns ``(y, cache)``.
     """
     x = check_input("x", x, config.embed_dim, config.dtype)
-    _check_params(params, config)
+    check_params(params, param_shapes(config), config.dtype)
     h, c_in = x, None
     if config.embed_dim != config.hidden_size:
         h, c_in = linear.forward(x, params["input_proj.W"], params["input_proj.b"])
@@ -182,7 +150,7 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
         c_blocks.append(c)
     hn, c_norm = norm_forward(take(params, "final_norm."), h, config.norm, config.norm_eps)
     y = hn if return_sequence else hn[:, -1]
-    cache = ModelCache(c_in, tuple(c_blocks), c_norm, h.shape, return_sequence, x.shape,
+    cache = ModelCache(c_in, tuple(c_blocks), c_norm, h.shape, return_sequence,
                        tuple(param_shapes(config)))
     return y, cache
 
@@ -192,18 +160,19 @@ def backward(dy, cache):
 
         dhn = dy at the last position, zero elsewhere (or dy itself with return_sequence)
         dh_L = Norm'(dhn);  dh_{l-1} = block_l'(dh_l);  dx = dh_0 W_in^T (or dh_0)
+
+    ``dy`` None means zero; otherwise it must have y's shape and dtype (ValueError otherwise).
     """
     c = cache
     B, T, D = c.h_shape
     dt = c.final_norm.op.x_hat.dtype
+    dy = check_upstream("dy", dy, (B, T, D) if c.return_sequence else (B, D), dt)
     # forward (3): y = hn[:, -1]   so: dhn is dy at position T-1 and zero before it
-    dhn = np.zeros((B, T, D), dtype=dt)
-    if dy is not None:
-        dy = check_shape("dy", check_array("dy", dy), (B, T, D) if c.return_sequence else (B, D))
-        if c.return_sequence:
-            dhn[...] = dy
-        else:
-            dhn[:, -1] = dy
+    # (with return_sequence, y = hn   so: dhn = dy)
+    dhn = dy
+    if not c.return_sequence:
+        dhn = np.zeros((B, T, D), dtype=dt)
+        dhn[:, -1] = dy
     dh, n_grads = norm_backward(dhn, c.final_norm)
     grads = put(n_grads, "final_norm.")
     for i in reversed(range(len(c.blocks))):
@@ -228,7 +197,7 @@ def step(params, x_t, state, config):
     the same time and memory however many positions came before.
     """
     x_t = check_input("x_t", x_t, config.embed_dim, config.dtype, step=True)
-    _check_params(params, config)
+    check_params(params, param_shapes(config), config.dtype)  # once per call, not per layer
     if not isinstance(state, tuple) or len(state) != config.num_layers:
         raise ValueError(f"state: expected a tuple of {config.num_layers} layer states "
                          f"(from init_state), got {type(state).__name__}")

@@ -24,10 +24,10 @@ Update rules (g the gradient, t the step number counted from 1, lr the learning 
                         then the Adam update applied to p' (the decay never enters m or v).
 
 Which parameters AdamW decays: the matrices (arrays with two or more dimensions: the linear
-weights, the embedding table, the output head, the gate's low-rank factors), and no vector
-(biases, norm weights, the gate bias). Decaying a norm weight pulls it towards 0 and so shrinks
-the whole activation; decaying a bias pulls the gate towards "half open" with no benefit to
-generalisation. The rule is ``decay_matrices(name, value)``; pass your own predicate as
+weights, the embedding table, the output head, the gate's low-rank factors, the short
+convolution's kernels), and no vector (biases, norm weights, the gate bias). Decaying a norm
+weight pulls it towards 0 and so shrinks the whole activation; decaying the gate bias pulls the
+gate towards "half open" with no benefit to generalisation. The rule is ``decay_matrices(name, value)``; pass your own predicate as
 ``AdamW(decay=...)`` to change it.
 """
 
@@ -115,7 +115,7 @@ class SGD:
         _check_grads(params, grads)
         _check_state(state, params, ("b",))
         lr = _check_lr(lr)
-        new_params, new_state = {}, {"step": state["step"] + 1}
+        new_params, new_state = {}, {"step": np.array(int(state["step"]) + 1, dtype=np.int64)}
         for key, p in params.items():
             b = self.momentum * state["b/" + key] + grads[key]  # b_t = mu b_{t-1} + g_t
             new_state["b/" + key] = b

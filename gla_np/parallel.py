@@ -50,7 +50,7 @@ class ParallelCache(NamedTuple):
     v: np.ndarray  # (B, H, T, V)
     G: np.ndarray  # (B, H, T, K), inclusive cumulative sum of g over time
     S0: np.ndarray  # (B, H, K, V), the initial state; zeros when none was given
-    scale: float
+    scale: float  # s, multiplies q
     has_initial_state: bool  # False: backward returns d_initial_state = None
 
 
@@ -133,22 +133,33 @@ def backward(do, d_final_state, cache):
     dk = dk_past + scale * dA_self[..., None] * q
     dg = dg + reverse_cumsum(q * dq_past - k * dk_past, axis=2)
 
-    if dS_T is not None:
-        # forward (5): S_T = diag(exp G_T) S_0 + kE^T v,  kE = k * exp(G_T - G)
-        # so:  dv += kE dS_T,  d(kE) = v dS_T^T,  dk += d(kE) * exp(G_T - G),
-        #      dS_0 += diag(exp G_T) dS_T; the exponent G_T - G_u = g_{u+1} + ... + g_T gets
-        #      kE_u * d(kE)_u, and G_T = g_1 + ... + g_T gets rowsum(dS_T * exp(G_T) S_0)
-        G_T = G[:, :, -1]  # (B, H, K)
-        kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
-        dkE = v @ np.swapaxes(dS_T, 2, 3)  # (B, H, T, K)
-        dv = dv + kE @ dS_T
-        dk = dk + dkE * np.exp(G_T[:, :, None, :] - G)
-        dS0 = dS0 + np.exp(G_T)[..., None] * dS_T
-        kE_dkE = kE * dkE  # (B, H, T, K)
-        # every r > u: an exclusive cumsum, built by shifting (cumsum minus the last term, which
-        # is O(1) since exp(G_T - G_T) = 1, would cancel away a dg that strong gates make tiny)
-        before = np.zeros_like(kE_dkE)  # (B, H, T, K), before[r] = sum_{u < r} kE_dkE[u]
-        before[:, :, 1:] = np.cumsum(kE_dkE[:, :, :-1], axis=2)
-        dg = dg + before
-        dg = dg + np.einsum("bhkv,bhkv->bhk", dS_T, np.exp(G_T)[..., None] * S0)[:, :, None]
+    if dS_T is not None:  # forward (5), only when the final state has a gradient
+        dk_T, dv_T, dg_T, dS0_T = _final_state_grads(k, v, G, S0, dS_T)
+        dk, dv, dg, dS0 = dk + dk_T, dv + dv_T, dg + dg_T, dS0 + dS0_T
     return dq, dk, dv, dg, (dS0 if has_initial_state else None)
+
+
+def _final_state_grads(k, v, G, S0, dS_T):
+    """The gradients that reach k, v, g and S_0 through the final state (5): (dk, dv, dg, dS0).
+
+    k (B, H, T, K), v (B, H, T, V), G (B, H, T, K), S0 and dS_T (B, H, K, V).
+    """
+    # forward (5): S_T = diag(exp G_T) S_0 + kE^T v,  kE = k * exp(G_T - G)
+    # so:  dv = kE dS_T,  d(kE) = v dS_T^T,  dk = d(kE) * exp(G_T - G),
+    #      dS_0 = diag(exp G_T) dS_T; the exponent G_T - G_u = g_{u+1} + ... + g_T gets
+    #      kE_u * d(kE)_u, and G_T = g_1 + ... + g_T gets rowsum(dS_T * exp(G_T) S_0)
+    G_T = G[:, :, -1]  # (B, H, K)
+    decay_to_end = np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
+    kE = k * decay_to_end  # (B, H, T, K)
+    dkE = v @ np.swapaxes(dS_T, 2, 3)  # (B, H, T, K)
+    dv = kE @ dS_T  # (B, H, T, V)
+    dk = dkE * decay_to_end
+    dS0 = np.exp(G_T)[..., None] * dS_T  # (B, H, K, V)
+    kE_dkE = kE * dkE  # (B, H, T, K)
+    # every r > u: an exclusive cumsum, built by shifting (cumsum minus the last term, which
+    # is O(1) since exp(G_T - G_T) = 1, would cancel away a dg that strong gates make tiny)
+    before = np.zeros_like(kE_dkE)  # (B, H, T, K), before[r] = sum_{u < r} kE_dkE[u]
+    before[:, :, 1:] = np.cumsum(kE_dkE[:, :, :-1], axis=2)
+    through_S0 = np.einsum("bhkv,bhkv->bhk", dS_T, np.exp(G_T)[..., None] * S0)  # (B, H, K)
+    dg = before + through_S0[:, :, None]  # (B, H, T, K)
+    return dk, dv, dg, dS0

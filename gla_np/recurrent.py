@@ -57,7 +57,7 @@ class RecurrentCache(NamedTuple):
     v: np.ndarray  # (B, H, T, V)
     g: np.ndarray  # (B, H, T, K)
     states: np.ndarray  # (B, H, T + 1, K, V), states[:, :, t] = S_t, states[:, :, 0] = S_0
-    scale: float
+    scale: float  # s, multiplies q
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
 
 

@@ -13,18 +13,11 @@ checks this with H = 3.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_same_dtype, check_shape
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < np.inf:
-        raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
-    return float(eps)
+from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
 
 
 class RMSNormCache(NamedTuple):
@@ -45,7 +38,7 @@ def forward(x, w, eps=1e-6):
     w = check_array("w", w, ndim=1)
     check_shape("w", w, (x.shape[-1],))
     check_same_dtype(x=x, w=w)
-    eps = _check_eps(eps)
+    eps = check_positive_real("eps", eps)
 
     rstd = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
     x_hat = x * rstd  # (..., D)

@@ -126,9 +126,14 @@ def batch(run, stream, index):
 
 
 def _check_run(run):
-    for name in ("steps", "batch_size", "eval_batches", "log_every"):
+    for name in ("steps", "batch_size", "eval_batches", "log_every", "stop_after"):
         if name in run and run[name] < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {run[name]}")
+    if run["seed"] < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {run['seed']}")
+    for name in ("lr", "clip"):
+        if not run[name] > 0:
+            raise ValueError(f"{name}: expected a number > 0, got {run[name]}")
     if not 0 <= run["warmup"] <= run["steps"]:
         raise ValueError(f"warmup: expected 0 <= warmup <= steps={run['steps']}, "
                          f"got {run['warmup']}")
@@ -179,7 +184,8 @@ def evaluate(params, run, num_batches):
 def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=100,
           log=print):
     """Run (or continue) training; returns a dict with the params, metrics and timings."""
-    _check_run({**run, "eval_batches": eval_batches, "log_every": log_every})
+    _check_run({**run, "eval_batches": eval_batches, "log_every": log_every,
+                **({} if stop_after is None else {"stop_after": stop_after})})
     config = model_config(run)
     opt = optim.AdamW(weight_decay=run["weight_decay"])
     params = lm.init_params(config, run["vocab_size"], _rng(run, STREAM_INIT, 0))
@@ -191,6 +197,9 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
         history, elapsed_before = ck.extra.get("history", []), ck.extra.get("elapsed_sec", 0.0)
         log(f"resumed from {resume} at step {start}")
     stop = run["steps"] if stop_after is None else min(stop_after, run["steps"])
+    if stop < start:
+        raise ValueError(f"stop_after: expected >= {start}, the step the checkpoint is at, "
+                         f"got {stop_after}")
     os.makedirs(out, exist_ok=True)
     log(f"training {run['task']} with {sum(p.size for p in params.values()):,} parameters "
         f"({config.num_layers} layers, hidden {config.hidden_size}, gate {config.gate}, form "

@@ -1,7 +1,8 @@
 """Shared test set-up: hypothesis profiles.
 
-With CI set (as CI does), hypothesis is derandomized and bounded, so every run draws the same
-examples and the suite stays quick. Locally the "dev" profile draws fresh examples each run.
+With CI set to a true value (as CI does; empty, "0", "false" and "no" count as unset),
+hypothesis is derandomized and bounded, so every run draws the same examples and the suite
+stays quick. Locally the "dev" profile draws fresh examples each run.
 Pick a profile by hand with HYPOTHESIS_PROFILE=ci|dev|thorough.
 """
 
@@ -13,8 +14,18 @@ settings.register_profile(
     "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile("dev", max_examples=25, deadline=None,
+# derandomize=False spelled out: hypothesis's own default turns it on whenever a CI variable
+# exists at all (even CI=0), and the local profiles inherit that default
+settings.register_profile("dev", derandomize=False, max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=500, deadline=None,
+settings.register_profile("thorough", derandomize=False, max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def running_in_ci(value):
+    """True for a CI variable that says yes: set, non-empty, and not "0", "false" or "no"."""
+    return bool(value) and value.strip().lower() not in ("0", "false", "no")
+
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
+                                     "ci" if running_in_ci(os.environ.get("CI")) else "dev"))

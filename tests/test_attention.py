@@ -93,7 +93,7 @@ BAD = [
     ("int-dtype", dict(v=np.zeros((1, 2, 3, 5), dtype=int)), r"^v: expected a float32 or float64"),
     ("list", dict(q=Q.tolist()), r"^q: expected a NumPy array"),
     ("empty-T", dict(q=np.zeros((1, 2, 0, 4))), r"^q: expected shape .* >= 1"),
-    ("scale-zero", dict(scale=0.0), r"^scale: expected a finite positive number"),
+    ("scale-zero", dict(scale=0.0), r"^scale: expected a positive finite number"),
     ("scale-negative", dict(scale=-1.0), r"^scale:"),
     ("scale-nan", dict(scale=float("nan")), r"^scale:"),
     ("scale-inf", dict(scale=float("inf")), r"^scale:"),
@@ -129,3 +129,20 @@ def test_backward_refuses_a_foreign_cache_naming_cache():
         gla_attention_backward(None, None, inner)
     with pytest.raises(ValueError, match=r"^cache.form:"):
         gla_attention_backward(None, None, AttentionCache("linear", inner))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("forward_dtype, upstream_dtype", [(np.float32, np.float64),
+                                                           (np.float64, np.float32)],
+                         ids=["f32-forward-f64-upstream", "f64-forward-f32-upstream"])
+@pytest.mark.parametrize("name", ["do", "d_final_state"])
+def test_upstream_gradient_of_another_dtype_is_refused_not_cast(form, forward_dtype,
+                                                                upstream_dtype, name):
+    q, k, v, g, S0, do, dS_T = make_inputs(dtype=forward_dtype)
+    _, _, cache = gla_attention(q, k, v, g, form=form, initial_state=S0)
+    upstream = {"do": do, "d_final_state": dS_T}
+    upstream[name] = upstream[name].astype(upstream_dtype)
+    pattern = (rf"^{name}: expected dtype {np.dtype(forward_dtype)} \(the forward's dtype\), "
+               rf"got {np.dtype(upstream_dtype)}$")
+    with pytest.raises(ValueError, match=pattern):
+        gla_attention_backward(upstream["do"], upstream["d_final_state"], cache)

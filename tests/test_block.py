@@ -40,3 +40,32 @@ def test_block_is_layer_then_ffn():
                           h, config)
     got, _ = block.forward(params, x, config)
     np.testing.assert_array_equal(got, want)
+
+
+def test_none_upstream_means_zero():
+    config = _config()
+    rng = np.random.default_rng(2)
+    params = block.init_params(config, rng)
+    x = rng.standard_normal((2, 5, 4))
+    _, cache = block.forward(params, x, config)
+    dx, grads = block.backward(None, cache)
+    assert dx.shape == x.shape and not dx.any()
+    assert set(grads) == set(params) and not any(g.any() for g in grads.values())
+    with pytest.raises(ValueError, match="dout: expected dtype float64"):
+        block.backward(np.ones((2, 5, 4), dtype=np.float32), cache)
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("attn.W_q", None, "params: missing 'attn.W_q'"),
+    ("attn.W_q", np.zeros((4, 3)), r"params\['attn.W_q'\]: expected shape \(4, 4\)"),
+    ("ffn.W_gate", None, "params: missing 'ffn.W_gate'"),
+], ids=["missing-attn", "shape", "missing-ffn"])
+def test_bad_params_are_refused_by_name(name, bad, match):
+    config = _config()
+    params = block.init_params(config, np.random.default_rng(0))
+    if bad is None:
+        del params[name]
+    else:
+        params[name] = bad
+    with pytest.raises(ValueError, match=match):
+        block.forward(params, np.zeros((1, 3, 4)), config)

@@ -110,7 +110,8 @@ def test_shape_and_dtype_mismatch(tmp_path):
 def test_config_mismatch(tmp_path):
     path = tmp_path / "ckpt.npz"
     _save(path)
-    with pytest.raises(ValueError, match="config mismatch.*gate: saved 'vector', expected 'scalar'"):
+    with pytest.raises(ValueError,
+                       match="config mismatch.*gate: saved 'vector', expected 'scalar'"):
         checkpoint.load(path, config={**CONFIG, "gate": "scalar"})
     with pytest.raises(ValueError, match="config mismatch.*lr"):
         checkpoint.load(path, config={**CONFIG, "lr": 0.1})

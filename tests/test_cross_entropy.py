@@ -147,3 +147,27 @@ def test_bad_inputs_name_the_argument():
     for bad in (np.ones(2), np.nan, "1"):
         with pytest.raises(ValueError, match="dloss"):
             cross_entropy.backward(bad, cache)
+
+
+# Gaps that push exp(shifted), the division by the row sum, or backward's product into the
+# subnormal range or to 0: the correctly rounded answer, so even all="raise" must stay quiet.
+UNDERFLOW_GAPS = {"f32-subnormal": (np.float32, 90.0), "f32-zero": (np.float32, 1e4),
+                  "f64-subnormal": (np.float64, 740.0), "f64-zero": (np.float64, 1e4)}
+
+
+@pytest.mark.parametrize("dtype, gap", UNDERFLOW_GAPS.values(), ids=UNDERFLOW_GAPS.keys())
+def test_underflow_does_not_raise_under_errstate_raise(dtype, gap):
+    logits = np.array([[0.0, -gap, 0.5], [1.0, -gap, -gap]], dtype=dtype)
+    targets = np.array([0, 1])
+    with np.errstate(all="raise"):
+        loss, cache = cross_entropy.forward(logits, targets)
+        dlogits = cross_entropy.backward(np.array(0.3), cache)
+    # row 0: the far logit's probability is 0 to rounding; row 1: target -gap, nll = gap + ...
+    lse0 = np.logaddexp(0.0, 0.5)
+    lse1 = 1.0 + np.log1p(2 * np.exp(-gap - 1.0))
+    expected = ((lse0 - 0.0) + (lse1 + gap)) / 2
+    assert loss.dtype == dtype and dlogits.dtype == dtype
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert np.isfinite(dlogits).all()
+    np.testing.assert_allclose(dlogits.sum(axis=-1), 0.0, atol=1e-6)  # softmax - onehot rows
+    assert 0 <= dlogits[0, 1] < 1e-30  # the underflowed probability, times 0.3 / 2

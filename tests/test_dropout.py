@@ -1,5 +1,7 @@
 """Tests for gla_np.dropout: gradient, determinism, expectation, identity mode, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,8 @@ def test_identity_uses_no_randomness(rate, training):
     assert rng.bit_generator.state == state_before
     assert np.array_equal(y, x) and y is not x
     dy = np.random.default_rng(1).standard_normal(x.shape)
-    assert np.array_equal(dropout.backward(dy, cache), dy)
+    dx = dropout.backward(dy, cache)
+    assert np.array_equal(dx, dy) and dx is not dy
     y_none, _ = dropout.forward(x, rate, None, training=training)  # no generator needed
     assert np.array_equal(y_none, x)
 
@@ -103,3 +106,15 @@ def test_bad_x_and_dy():
     _, cache = dropout.forward(np.ones((2, 3)), 0.5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="dy"):
         dropout.backward(np.ones((3, 2)), cache)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("x_dtype, dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)],
+                         ids=["f32-forward-f64-dy", "f64-forward-f32-dy"])
+def test_dy_of_another_dtype_is_refused_not_cast(training, x_dtype, dy_dtype):
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(x_dtype)
+    y, cache = dropout.forward(x, 0.5, np.random.default_rng(1), training=training)
+    message = (f"dy: expected dtype {np.dtype(x_dtype)} (the forward's dtype), "
+               f"got {np.dtype(dy_dtype)}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dropout.backward(np.ones(y.shape, dtype=dy_dtype), cache)

@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gla_np
-from gla_np.edifice import (GLABlock, GLALayer, GLAModel, build, build_gated_linear_attention,
-                            build_gla_block, output_size, param_count, recommended_defaults)
+from gla_np import block, gla_layer
+from gla_np.edifice import (GLABlock, GLALayer, GLAModel, GLAPart, build,
+                            build_gated_linear_attention, build_gla_block, output_size,
+                            param_count, recommended_defaults)
 
 SMALL = dict(hidden_size=4, num_layers=1, num_heads=2, head_dim=2, gate_rank=2)
 
@@ -55,6 +57,40 @@ def test_part_builders():
         dx, grads = part.backward(np.ones_like(y), cache)
         assert y.shape == dx.shape == x.shape and set(grads) == set(part.params)
     assert {n for n in blk.params if n.startswith("attn.")} == {"attn." + n for n in layer.params}
+    assert isinstance(layer, GLAPart) and isinstance(blk, GLAPart)  # one holder, two modules
+    assert (layer.module, blk.module) == (gla_layer, block)
+
+
+def test_part_step_checks_params_once_per_call():
+    blk = build_gla_block(**SMALL, seed=0)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    state = blk.init_state(2)
+    for t in range(3):
+        y_t, state = blk.step(x[:, t], state)
+    np.testing.assert_allclose(y_t, blk.forward(x)[0][:, -1], rtol=1e-12)
+    del blk.params["ffn.W_up"]
+    with pytest.raises(ValueError, match="ffn.W_up"):
+        blk.step(x[:, 0], blk.init_state(2))
+
+
+@pytest.mark.parametrize("func", [output_size, param_count, build_gla_block,
+                                  build_gated_linear_attention],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kwargs, match", [
+    ({"hiden_size": 3}, "hiden_size: unknown option"), ({"dropout": 5}, "dropout"),
+    ({"hidden_size": 0}, "hidden_size"), ({"gate": "sigmoid"}, "gate"),
+    ({"seed": 1, "rng": np.random.default_rng(1)}, "rng"),
+], ids=["typo", "dropout", "hidden", "gate", "seed-and-rng"])
+def test_size_helpers_and_part_builders_check_options(func, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        func(**kwargs)
+
+
+def test_size_helpers_accept_every_build_option():
+    opts = dict(embed_dim=3, **SMALL, dropout=0.0, form="recurrent", norm="layernorm",
+                use_short_conv=True, seed=4)
+    assert output_size(**opts) == 4
+    assert param_count(**opts) == sum(p.size for p in build(**opts).params.values())
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,5 +1,7 @@
 """Tests for gla_np.embedding: lookup, gradient with repeated ids, dtypes, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,13 @@ def test_bad_dy_shape():
     _, cache = embedding.forward(np.array([[0, 1, 2]]), np.ones((4, 2)))
     with pytest.raises(ValueError, match="dy"):
         embedding.backward(np.ones((3, 2)), cache)
+
+
+@pytest.mark.parametrize("E_dtype, dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)],
+                         ids=["f32-table-f64-dy", "f64-table-f32-dy"])
+def test_dy_of_another_dtype_is_refused_not_cast(E_dtype, dy_dtype):
+    _, cache = embedding.forward(np.array([[0, 1, 2]]), np.ones((4, 2), dtype=E_dtype))
+    message = (f"dy: expected dtype {np.dtype(E_dtype)} (the forward's dtype), "
+               f"got {np.dtype(dy_dtype)}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        embedding.backward(np.ones((1, 3, 2), dtype=dy_dtype), cache)

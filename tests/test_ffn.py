@@ -57,3 +57,42 @@ def test_value_is_swiglu_behind_norm_and_residual():
     y, _ = ffn.forward(p, z, config)
     np.testing.assert_allclose(y, want, rtol=1e-12)
     assert p["W_up"].shape == (4, 8)  # inner size hidden * expand_factor, as Edifice
+
+
+def test_none_upstream_means_zero():
+    config = _config(norm="layernorm")
+    rng = np.random.default_rng(3)
+    params = _params(config, rng)
+    z = rng.standard_normal((2, 3, 4))
+    _, cache = ffn.forward(params, z, config)
+    dz, grads = ffn.backward(None, cache)
+    assert dz.shape == z.shape and dz.dtype == z.dtype and not dz.any()
+    assert set(grads) == set(params) and not any(g.any() for g in grads.values())
+    with pytest.raises(ValueError, match="dout: expected dtype float64"):
+        ffn.backward(np.ones((2, 3, 4), dtype=np.float32), cache)
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("W_up", None, "params: missing 'W_up'"),
+    ("W_down", np.zeros((4, 8)), r"params\['W_down'\]: expected shape \(8, 4\)"),
+    ("norm.w", np.zeros(4, dtype=np.float32), r"params\['norm.w'\]: .* dtype float64"),
+], ids=["missing", "shape", "dtype"])
+def test_bad_params_are_refused_by_name(name, bad, match):
+    config = _config()
+    params = ffn.init_params(config, np.random.default_rng(0))
+    if bad is None:
+        del params[name]
+    else:
+        params[name] = bad
+    with pytest.raises(ValueError, match=match):
+        ffn.forward(params, np.zeros((1, 2, 4)), config)
+
+
+def test_step_is_forward_at_one_position():
+    config = _config(norm="layernorm")
+    rng = np.random.default_rng(4)
+    params = _params(config, rng)
+    z = rng.standard_normal((2, 3, 4))
+    out, _ = ffn.forward(params, z, config)
+    for t in range(3):
+        np.testing.assert_allclose(ffn.step(params, z[:, t], config), out[:, t], rtol=1e-13)

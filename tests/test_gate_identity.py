@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gla_np import recurrent
+from gla_np import parallel, recurrent
 from gla_np.gate_identity import gate_grad_from_identity, reverse_cumsum
 
 
@@ -61,7 +61,6 @@ def test_final_state_gradient_needs_the_final_state():
 def test_identity_loses_precision_for_very_strong_gates_and_the_direct_formulas_do_not():
     """The documented caveat: with g = -30, q*dq and k*dk cancel to ~13 digits, so the identity
     keeps few correct digits, while the parallel form's window sums match the direct formula."""
-    from gla_np import parallel
 
     rng = np.random.default_rng(2)
     q, k = rng.standard_normal((2, 2, 2, 9, 3))

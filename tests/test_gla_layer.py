@@ -80,3 +80,49 @@ def test_bad_input_is_refused(x, match):
     params = gla_layer.init_params(config, np.random.default_rng(0))
     with pytest.raises(ValueError, match=match):
         gla_layer.forward(params, x, config)
+
+
+def test_none_upstream_means_zero():
+    config = _config(use_short_conv=True)
+    rng = np.random.default_rng(4)
+    params = _params(config, rng)
+    x = rng.standard_normal((2, 5, 4))
+    _, cache = gla_layer.forward(params, x, config)
+    dx, grads = gla_layer.backward(None, cache)
+    assert dx.shape == x.shape and dx.dtype == x.dtype and not dx.any()
+    assert set(grads) == set(params)
+    assert all(grads[n].shape == p.shape and not grads[n].any() for n, p in params.items())
+
+
+def test_upstream_of_another_dtype_is_refused():
+    config = _config()
+    params = gla_layer.init_params(config, np.random.default_rng(0))
+    y, cache = gla_layer.forward(params, np.ones((1, 3, 4)), config)
+    with pytest.raises(ValueError, match="dout: expected dtype float64"):
+        gla_layer.backward(np.ones_like(y, dtype=np.float32), cache)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(1, 3, 4\)"):
+        gla_layer.backward(np.ones((1, 3, 5)), cache)
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("W_q", None, "params: missing 'W_q'"),
+    ("W_q", np.zeros((4, 5)), r"params\['W_q'\]: expected shape \(4, 6\)"),
+    ("gate.W2", np.zeros((2, 6), dtype=np.float32), r"params\['gate.W2'\]: .* dtype float64"),
+    ("W_o", np.full((6, 4), np.nan), r"params\['W_o'\]: contains nan"),
+], ids=["missing", "shape", "dtype", "nan"])
+def test_bad_params_are_refused_by_name(name, bad, match):
+    config = _config()
+    params = gla_layer.init_params(config, np.random.default_rng(0))
+    if bad is None:
+        del params[name]
+    else:
+        params[name] = bad
+    with pytest.raises(ValueError, match=match):
+        gla_layer.forward(params, np.zeros((1, 3, 4)), config)
+
+
+def test_param_shapes_match_init():
+    for kw in ({}, {"gate": "scalar", "norm": "layernorm"}, {"use_short_conv": True}):
+        config = _config(**kw)
+        params = gla_layer.init_params(config, np.random.default_rng(0))
+        assert {n: p.shape for n, p in params.items()} == gla_layer.param_shapes(config)

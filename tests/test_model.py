@@ -97,6 +97,9 @@ def test_extra_params_are_ignored_and_missing_ones_refused():
     del params["blocks.1.ffn.W_up"]
     with pytest.raises(ValueError, match="blocks.1.ffn.W_up"):
         model.forward(params, x, config)
+    params["blocks.1.ffn.W_up"] = np.zeros((4, 7))
+    with pytest.raises(ValueError, match=r"params\['blocks.1.ffn.W_up'\]: expected shape"):
+        model.forward(params, x, config)
 
 
 @pytest.mark.parametrize("x, match", [
@@ -117,6 +120,28 @@ def test_bad_upstream_shape_is_refused():
     _, cache = model.forward(_params(config, 0), np.zeros((2, 5, 3)), config)
     with pytest.raises(ValueError, match="dy"):
         model.backward(np.zeros((2, 5, 4)), cache)
+
+
+@pytest.mark.parametrize("return_sequence", [False, True], ids=["last", "sequence"])
+def test_bad_upstream_is_refused(return_sequence):
+    config = _config()
+    _, cache = model.forward(_params(config, 0), np.zeros((2, 5, 3)), config,
+                             return_sequence=return_sequence)
+    shape = (2, 5, 4) if return_sequence else (2, 4)
+    with pytest.raises(ValueError, match="dy: expected dtype float64"):
+        model.backward(np.ones(shape, dtype=np.float32), cache)
+    with pytest.raises(ValueError, match="dy: contains nan"):
+        model.backward(np.full(shape, np.nan), cache)
+    dx, grads = model.backward(None, cache)  # None means zero
+    assert dx.shape == (2, 5, 3) and not dx.any() and not any(g.any() for g in grads.values())
+
+
+def test_float32_model_refuses_float64_upstream():
+    config = _config(dtype="float32")
+    params = model.init_params(config, np.random.default_rng(0))
+    y, cache = model.forward(params, np.zeros((1, 2, 3), np.float32), config)
+    with pytest.raises(ValueError, match="dy: expected dtype float32"):
+        model.backward(np.ones(y.shape), cache)
 
 
 @pytest.mark.parametrize("option, value", [

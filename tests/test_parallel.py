@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gla_np import parallel, recurrent
+from gla_np import gate_identity, parallel, recurrent
 from gla_np.gradcheck import gradcheck
 
 SHAPES = [(1, 1, 1, 1, 1), (2, 5, 1, 3, 2), (2, 7, 2, 3, 4)]  # (B, T, H, K, V)
@@ -132,3 +132,15 @@ def test_agrees_with_recurrent_on_drawn_shapes_and_gate_strengths(B, T, H, K, V,
             assert rel_err(a, b) <= 1e-10, f"{name}: rel err {rel_err(a, b):.2e}"
         else:
             assert not a.any(), name
+
+
+def test_dg_is_the_gate_identity_in_float64():
+    # parallel.backward leaves out the terms that hold no gate; in exact arithmetic that is the
+    # gate identity (gla_np.gate_identity) with its final-state term
+    rng = np.random.default_rng(21)
+    q, k, v, g, S0 = make_inputs(rng, 2, 6, 2, 3, 2)
+    do, dS_T = rng.standard_normal(v.shape), rng.standard_normal(S0.shape)
+    o, S_T, cache = parallel.forward(q, k, v, g, initial_state=S0)
+    dq, dk, dv, dg, dS0 = parallel.backward(do, dS_T, cache)
+    plain = gate_identity.gate_grad_from_identity(q, dq, k, dk, S_T, dS_T)
+    assert rel_err(dg, plain) < 1e-12

@@ -142,3 +142,33 @@ def test_backward_rejects_a_misshapen_upstream_gradient():
         recurrent.backward(o[:, :, :2], None, cache)
     with pytest.raises(ValueError, match="^d_final_state:"):
         recurrent.backward(o, S_T[..., :1], cache)
+
+
+STEP_MESSAGES = {
+    "empty-q_t": (dict(q_t=np.zeros((1, 0, 3))),
+                  r"^q_t: expected shape \(B, H, K\) with every size >= 1"),
+    "empty-v_t": (dict(v_t=np.zeros((1, 2, 0))), r"^v_t: expected shape \(B, H, V\) with V >= 1"),
+    "dtype-mix": (dict(g_t=np.zeros((1, 2, 3), np.float32)), r"one dtype .*g_t: float32"),
+    "state-rank": (dict(state=np.zeros((2, 3, 2))), r"^state: expected 4 dimensions"),
+}
+
+
+@pytest.mark.parametrize("bad, pattern", STEP_MESSAGES.values(), ids=STEP_MESSAGES.keys())
+def test_step_messages_use_the_step_names_and_shapes(bad, pattern):
+    # step and forward share one implementation of the checks; the messages must still speak
+    # of q_t and (B, H, K), not of q and (B, H, T, K)
+    args = dict(q_t=np.zeros((1, 2, 3)), k_t=np.zeros((1, 2, 3)), v_t=np.zeros((1, 2, 2)),
+                g_t=np.zeros((1, 2, 3)), state=None)
+    args.update(bad)
+    with pytest.raises(ValueError, match=pattern):
+        recurrent.step(*args.values())
+
+
+def test_forward_messages_use_the_sequence_names_and_shapes():
+    q = np.zeros((1, 2, 4, 3))
+    with pytest.raises(ValueError, match=r"^q: expected shape \(B, H, T, K\) with every size"):
+        recurrent.forward(q[:, :, :0], q[:, :, :0], q[:, :, :0], q[:, :, :0])
+    with pytest.raises(ValueError, match=r"^v: expected shape \(B, H, T, V\) with V >= 1"):
+        recurrent.forward(q, q, q[..., :0], q)
+    with pytest.raises(ValueError, match=r"^initial_state: expected shape \(1, 2, 3, 3\)"):
+        recurrent.forward(q, q, q, q, initial_state=np.zeros((1, 2, 3, 2)))

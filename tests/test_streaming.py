@@ -72,6 +72,9 @@ def test_holder_step_and_bad_input():
         m.step(x, state)  # a whole sequence where one position belongs
     with pytest.raises(ValueError, match="state"):
         m.step(x[:, 0], None)
+    del m.params["blocks.0.attn.W_k"]
+    with pytest.raises(ValueError, match="blocks.0.attn.W_k"):
+        m.step(x[:, 0], m.init_state(1))
 
 
 @given(T=st.integers(1, 9), chunk=st.integers(1, 5),

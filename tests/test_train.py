@@ -4,11 +4,14 @@ import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gla_np import checkpoint, train
+
+ROOT = str(Path(__file__).resolve().parent.parent)  # the repository, for ``python -m``
 
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--log_every", "5",
@@ -58,7 +61,11 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_resume_refuses_conflicting_options(tmp_path, capsys):
-    _main(["--steps", "2", "--warmup", "0", "--out", str(tmp_path), "--stop_after", "1"])
+    _main(["--steps", "3", "--warmup", "0", "--out", str(tmp_path), "--stop_after", "2"])
+    with pytest.raises(SystemExit):  # cannot stop before the step the checkpoint is at
+        train.main(["--resume", str(tmp_path / "checkpoint.npz"), "--out", str(tmp_path),
+                    "--stop_after", "1"])
+    assert "stop_after: expected >= 2" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         _main(["--resume", str(tmp_path / "checkpoint.npz"), "--gate", "scalar",
                "--out", str(tmp_path)])
@@ -81,16 +88,31 @@ def test_heldout_stream_differs_from_training():
     (["--warmup", "50", "--steps", "10"], "warmup"),
     (["--heads", "0"], "num_heads"),
     (["--min_lr", "1.0"], "min_lr"),
-], ids=["pairs-too-many", "warmup-too-long", "heads0", "min_lr-above-lr"])
+    (["--stop_after", "0"], "stop_after"),
+    (["--seed", "-1"], "seed"),
+    (["--clip", "0"], "clip"),
+], ids=["pairs-too-many", "warmup-too-long", "heads0", "min_lr-above-lr", "stop_after0",
+        "seed-negative", "clip0"])
 def test_bad_options_exit_with_a_message(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit) as exc:
         _main(argv + ["--out", str(tmp_path)])
     assert exc.value.code == 2 and match in capsys.readouterr().err
 
 
+def test_command_line_run_in_a_fresh_process(tmp_path):
+    # runs through the BLAS-thread relaunch of ``python -m gla_np.train``
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = ROOT
+    done = subprocess.run([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "3",
+                           "--warmup", "1", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env=env, check=True)
+    assert "held-out: loss" in done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
+
+
 def test_help_lists_every_option_with_text():
     done = subprocess.run([sys.executable, "-m", "gla_np.train", "--help"], capture_output=True,
-                          text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": ROOT})
     parser = train.build_parser()
     for action in parser._actions:
         if action.dest == "help":
