@@ -31,7 +31,7 @@ import numpy as np
 
 from gla_np import linear, logsigmoid
 from gla_np._checks import check_array, check_choice
-from gla_np._params import normal
+from gla_np._params import check_upstream, normal
 
 GATES = ("vector", "scalar", "fixed", "none")
 
@@ -108,13 +108,14 @@ def backward(dg, cache):
                  dW2 = (x W1)^T dz,  db2 = sum dz,  dW1 = x^T (dz W2^T),  dx = dz W2^T W1^T
         scalar:  dz = sigma(-z) * (sum_K dg) / tau,  dW = x^T dz,  db = sum dz,  dx = dz W^T
         fixed, none:  dx = 0, no params
+
+    ``dg`` None means zero; otherwise it must have g's shape and dtype.
     """
     c = cache
+    lead = c.x_shape[:-1]
+    dg = check_upstream("dg", dg, lead + (c.H, c.K), c.x_dtype)  # None means zero
     if c.kind in ("fixed", "none"):
         return np.zeros(c.x_shape, dtype=c.x_dtype), {}
-    lead = c.x_shape[:-1]
-    if dg is None:
-        dg = np.zeros(lead + (c.H, c.K), dtype=c.x_dtype)
     if c.kind == "vector":
         # forward: g = logsigmoid(z) / tau, reshaped from (..., H*K)   so: dls = dg / tau
         dls = dg.reshape(lead + (-1,)) / c.normalizer  # (..., H*K)

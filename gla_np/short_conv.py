@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gla_np._checks import check_array, check_same_dtype, check_shape
+from gla_np._params import check_upstream
 
 
 class ShortConvCache(NamedTuple):
@@ -66,14 +67,14 @@ def backward(dy, cache):
         dxp[:, t + j] += w[j] * dy[:, t]                 for every tap j
         dw[j]          = sum_{b, t} xp[:, t + j] * dy[:, t]
         dx = dxp[:, W-1:],   d_prefix = dxp[:, :W-1] (None when forward had no prefix)
+
+    ``dy`` None means zero; otherwise it must have y's shape and dtype.
     """
     xp, w, has_prefix = cache
     W, C = w.shape
     B, P, _ = xp.shape
     T = P - (W - 1)
-    if dy is None:
-        dy = np.zeros((B, T, C), dtype=xp.dtype)
-    dy = check_shape("dy", check_array("dy", dy, ndim=3), (B, T, C))
+    dy = check_upstream("dy", dy, (B, T, C), xp.dtype)  # None means zero; x's shape and dtype
     dxp = np.zeros_like(xp)  # (B, W-1+T, C)
     dw = np.empty_like(w)
     for j in range(W):

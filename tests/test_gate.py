@@ -87,3 +87,18 @@ def test_float32_keeps_dtype():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         _forward("diagonal")(np.zeros((B, T, D)))
+
+
+@pytest.mark.parametrize("kind", ["vector", "scalar", "fixed", "none"])
+def test_none_upstream_means_zero_and_other_dtypes_are_refused(kind):
+    rng = np.random.default_rng(7)
+    params = _params(kind, rng)
+    x = rng.standard_normal((B, T, D))
+    g, cache = _forward(kind)(x, **params)
+    dx, grads = gate.backward(None, cache)
+    assert dx.shape == x.shape and not dx.any() and set(grads) == set(params)
+    assert not any(d.any() for d in grads.values())
+    with pytest.raises(ValueError, match="dg: expected dtype float64"):
+        gate.backward(np.ones_like(g, dtype=np.float32), cache)
+    with pytest.raises(ValueError, match=r"dg: expected shape \(2, 3, 2, 3\)"):
+        gate.backward(np.ones((B, T, H * K)), cache)

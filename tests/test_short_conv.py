@@ -76,3 +76,13 @@ def test_layer_with_short_conv_gradcheck():
         return {"x": dx, **grads}
 
     gradcheck(f, b, {"x": rng.standard_normal((2, 5, 4)), **params})
+
+
+def test_none_upstream_means_zero_and_other_dtypes_are_refused():
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((B, T, C)), rng.standard_normal((W, C))
+    _, cache = short_conv.forward(x, w, np.zeros((B, W - 1, C)))
+    dx, dw, d_prefix = short_conv.backward(None, cache)
+    assert dx.shape == x.shape and not dx.any() and not dw.any() and not d_prefix.any()
+    with pytest.raises(ValueError, match="dy: expected dtype float64"):
+        short_conv.backward(np.ones((B, T, C), dtype=np.float32), cache)
