@@ -11,7 +11,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
+    "ci", derandomize=True, max_examples=100, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 # derandomize=False spelled out: hypothesis's own default turns it on whenever a CI variable
