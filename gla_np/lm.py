@@ -14,7 +14,7 @@ N(0, 0.02^2) like every other weight.
 
 One init differs from the stack's own: with ``use_short_conv`` the convolution kernels (W, C)
 are redrawn from U(-1/sqrt(W), 1/sqrt(W)), PyTorch's default for a depthwise Conv1d. From the
-stack's N(0, 0.02^2) the convolution scales q, k and v down about fifty-fold, the attention
+stack's N(0, 0.02^2) a 4-tap convolution scales q, k and v down about 25-fold, the attention
 scores start near zero, and on MQAR a 2-layer model sat on its loss plateau (about ln 128, "guess
 any value") for about 600 steps instead of about 250 (measured, docs/experiments.md).
 

@@ -27,8 +27,8 @@ Which parameters AdamW decays: the matrices (arrays with two or more dimensions:
 weights, the embedding table, the output head, the gate's low-rank factors, the short
 convolution's kernels), and no vector (biases, norm weights, the gate bias). Decaying a norm
 weight pulls it towards 0 and so shrinks the whole activation; decaying the gate bias pulls the
-gate towards "half open" with no benefit to generalisation. The rule is ``decay_matrices(name, value)``; pass your own predicate as
-``AdamW(decay=...)`` to change it.
+gate towards "half open" with no benefit to generalisation. The rule is
+``decay_matrices(name, value)``; pass your own predicate as ``AdamW(decay=...)`` to change it.
 """
 
 from __future__ import annotations
