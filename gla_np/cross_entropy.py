@@ -85,9 +85,9 @@ def forward(logits, targets, ignore_index=-100):
 
 
 def _check_dloss(dloss):
-    """``dloss`` as a Python float (None means 1: the loss is usually the last node)."""
+    """``dloss`` as a Python float (None means zero, as for every upstream gradient)."""
     if dloss is None:
-        return 1.0
+        return 0.0
     value = np.asarray(dloss)
     if value.ndim != 0 or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value):
         raise ValueError(f"dloss: expected a finite scalar, got {dloss!r}")
@@ -103,8 +103,8 @@ def backward(dloss, cache):
         dlogits[p, :] = 0                                                    if p is ignored
         (n = 0: every position is ignored and dlogits is zero)
 
-    ``dloss`` is a scalar; ``None`` means 1 (the loss is the end of the graph), unlike the
-    usual "None means zero", because a loss with no upstream gradient is the common case.
+    ``dloss`` is a scalar, 1.0 when the loss is the end of the graph (the usual case); ``None``
+    means zero, as for every upstream gradient in gla_np.
     """
     scale = _check_dloss(dloss) / max(cache.count, 1)
     # forward: nll[p] = logsumexp(z[p]) - z[p, t[p]],  loss = sum_counted nll / n

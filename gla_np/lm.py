@@ -112,5 +112,5 @@ def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
     """
     logits, cache = forward(params, ids, config, training=training, rng=rng)
     loss, c_loss = cross_entropy.forward(logits, targets, ignore_index=-100)
-    dlogits = cross_entropy.backward(None, c_loss)  # (B, T, V)
+    dlogits = cross_entropy.backward(1.0, c_loss)  # (B, T, V)
     return float(loss), backward(dlogits, cache), logits
