@@ -9,28 +9,31 @@ namespace: ``linear.forward(x, W, b)``, ``recurrent.backward(do, dS_T, cache)``.
 3. The gated linear recurrence in three forms sharing one signature: ``recurrent`` (the
    definition), ``parallel`` (attention with a decay mask), ``chunked`` (the paper's algorithm),
    and the dispatcher ``gla_attention`` / ``gla_attention_backward``.
-4. The layer, the block and the model with Edifice's API.
-5. Training: optimizers, toy tasks, checkpoints, ``python -m gla_np.train``.
+4. The layer and the model: ``gate`` (the forget gate and its variants), ``short_conv``,
+   ``gla_layer``, ``ffn``, ``block``, ``model`` (pure functions), and Edifice's API in
+   ``edifice``: ``build``, ``output_size``, ``param_count``, ``recommended_defaults``.
+5. Training: ``optim`` (SGD, Adam, AdamW, clipping, schedule), ``tasks`` (MQAR, copying,
+   selective copying), ``lm`` (the token-level model), ``checkpoint``, and the command
+   ``python -m gla_np.train``.
 """
 
-from gla_np.gradcheck import GradcheckError, GradcheckReport, gradcheck
+from gla_np.gradcheck import GradcheckError, GradcheckReport, TensorCheck, gradcheck
 
-# -- section: small ops (issue 2) --
-from gla_np import linear, sigmoid, swish, logsigmoid, layernorm, rmsnorm
-from gla_np import dropout, embedding, cross_entropy
+# small ops
+from gla_np import linear, sigmoid, swish, logsigmoid, layernorm, rmsnorm, dropout, embedding
+from gla_np import cross_entropy
 
-# -- section: recurrence (issue 3) --
-from gla_np import recurrent, parallel
-from gla_np import chunked
+# the gated linear recurrence, three forms
+from gla_np import recurrent, parallel, chunked
 from gla_np.attention import gla_attention, gla_attention_backward
 
-# -- section: layer and model (issue 4) --
+# the layer, the block, the model
 from gla_np import block, ffn, gate, gla_layer, model, short_conv
 from gla_np.edifice import (build, build_gated_linear_attention, build_gla_block, output_size,
                             param_count, recommended_defaults)
 from gla_np.model import GLAConfig
 
-# -- section: training (issue 5) --
+# training
 from gla_np import checkpoint, lm, optim, tasks  # not train: it is a command, run with -m
 
 __version__ = "0.1.0"
