@@ -64,10 +64,10 @@ def scores(qs, k, b, c):
     A = np.zeros((*qs.shape[:-1], C), dtype=qs.dtype)  # (..., C, C)
     for start in range(0, C, c):
         rows = slice(start, min(start + c, C))
-        # diagonal tile: A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i]), u < t
-        decay = _diagonal_decay(b[..., rows, :])  # (..., c, c, K)
-        A[..., rows, rows] = np.einsum("...tk,...tuk,...uk->...tu",
-                                       qs[..., rows, :], decay, k[..., rows, :])
+        # diagonal tile: A[t, u] = sum_i qs_t[i] k_u[i] exp(b_t[i] - b_u[i]), u < t,
+        # as qs_t . k_seen[t, u] with k_seen[t, u] = k_u decayed to row t (a matvec per row t)
+        k_seen = _diagonal_decay(b[..., rows, :]) * k[..., None, rows, :]  # (..., c, c, K)
+        A[..., rows, rows] = (k_seen @ qs[..., rows, :, None])[..., 0]
         if start > 0:
             # off-diagonal tiles (all earlier keys at once): one matmul of factors <= 1
             q_decay, k_decay = _reference_decays(b, start, rows.stop)
@@ -93,14 +93,14 @@ def backward(do, qs, k, v, b, c):
         rows = slice(start, min(start + c, C))
         do_rows = do[..., rows, :]  # (..., c, V)
         # forward: o_t += sum_u A[t, u] v_u   so: dA[t, u] = do_t . v_u,  dv_u += sum_t A[t, u] do_t
-        # diagonal tile: A[t, u] = sum_i qs_t[i] k_u[i] decay[t, u, i]
-        # so: dqs_t = sum_u dA[t, u] decay[t, u] * k_u,   dk_u = sum_t dA[t, u] decay[t, u] * qs_t
+        # diagonal tile: A[t, u] = qs_t . k_seen[t, u],  k_seen[t, u] = decay[t, u] * k_u
+        # so: dqs_t = sum_u dA[t, u] k_seen[t, u],   dk_u = sum_t dA[t, u] decay[t, u] * qs_t
         decay = _diagonal_decay(b[..., rows, :])  # (..., c, c, K)
-        A_tile = np.einsum("...tk,...tuk,...uk->...tu", qs[..., rows, :], decay, k[..., rows, :])
+        k_seen = decay * k[..., None, rows, :]  # (..., c, c, K), k_u decayed to row t
+        A_tile = (k_seen @ qs[..., rows, :, None])[..., 0]  # (..., c, c)
         dA_tile = do_rows @ v[..., rows, :].swapaxes(-1, -2)  # (..., c, c)
         dv[..., rows, :] += A_tile.swapaxes(-1, -2) @ do_rows
-        dqs[..., rows, :] += np.einsum("...tu,...tuk,...uk->...tk",
-                                       dA_tile, decay, k[..., rows, :])
+        dqs[..., rows, :] += (dA_tile[..., :, None, :] @ k_seen)[..., 0, :]
         dk[..., rows, :] += np.einsum("...tu,...tuk,...tk->...uk",
                                       dA_tile, decay, qs[..., rows, :])
         if start > 0:

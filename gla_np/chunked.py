@@ -17,7 +17,9 @@ overflows float32 inside a single chunk of 64 once the gates are strong.
 docs/derivations/chunked.md has the full argument, and the recurrent form is the reference.
 
 Shapes are head-major: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states ``(B, H, K, V)``.
-Inside, chunked arrays are ``(B, H, N, C, K)``.
+Inside, chunked arrays are ``(B, H, N, C, K)``. ``forward`` and ``backward`` check their arguments
+and run ``_forward_block`` / ``_backward_block`` on blocks of (batch, head) pairs, a cache measure
+only (see ``BLOCK_ENTRIES``); the algorithm is in those two functions.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
 # smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
 # off-diagonal reference factors; see docs/derivations/chunked.md for the timings.
 DEFAULT_SUB_CHUNK_SIZE = 8
+
+# A memory/cache measure, not part of the algorithm: (batch, head) pairs are independent, so
+# forward and backward run on blocks of them, each with at most this many entries in each of
+# the block's inputs (but at least one head). Whole-batch temporaries (16 MiB each at B=8,
+# H=4, T=2048, K=64, float32) fall out of cache and are page-faulted in afresh by the
+# allocator every time; per head (2^17 entries, 512 KiB in float32) they stay in cache. Any
+# value gives the same result; docs/derivations/chunked.md has the timings.
+BLOCK_ENTRIES = 2 ** 17
 
 
 def _to_chunks(x, C):
@@ -95,8 +105,28 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
         "sub_chunk_size", DEFAULT_SUB_CHUNK_SIZE if sub_chunk_size is None else sub_chunk_size)
     C = min(chunk_size, T)
     c = min(sub_chunk_size, C)
+    N = -(-T // C)
     s = q.dtype.type(scale)  # a NumPy scalar of the input dtype: float32 stays float32
+    S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
 
+    o = np.empty_like(v)  # (B, H, T, V)
+    b = np.empty((B, H, N, C, K), dtype=q.dtype)
+    states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
+    for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
+        o[blk], b[blk], states[blk] = _forward_block(q[blk], k[blk], v[blk], g[blk], S0[blk],
+                                                     s, C, c)
+    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None)
+    return o, states[:, :, N].copy(), cache
+
+
+def _forward_block(q, k, v, g, S0, s, C, c):
+    """The forward on one block of (batch, head) pairs: return o, b and the states H_0 .. H_N.
+
+    Arguments are the block's slices of the inputs (S0 zeros when there is no initial state);
+    s is the scale as a NumPy scalar of the input dtype.
+    """
+    B, H, T, K = q.shape
+    V = v.shape[3]
     qs, k_c, v_c = s * _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C)
     b, l = _chunk_decays(g, C)
 
@@ -106,7 +136,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
     N = b.shape[2]
     states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
-    states[:, :, 0] = 0 if initial_state is None else initial_state
+    states[:, :, 0] = S0
     for n in range(N):
         states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
@@ -116,9 +146,17 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C), strictly lower triangular
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
     o = o + A @ v_c + A_self * v_c
+    return _from_chunks(o, T), b, states
 
-    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None)
-    return _from_chunks(o, T), states[:, :, N].copy(), cache
+
+def _blocks(B, H, entries_per_head):
+    """Index tuples (batch slice, head slice) that cover B x H in blocks of whole batch rows, or
+    of heads of one batch row, with at most about BLOCK_ENTRIES / entries_per_head heads each."""
+    heads = max(1, BLOCK_ENTRIES // entries_per_head)
+    if heads >= H:
+        rows = heads // H
+        return [(slice(i, i + rows), slice(None)) for i in range(0, B, rows)]
+    return [(slice(i, i + 1), slice(j, j + heads)) for i in range(B) for j in range(0, H, heads)]
 
 
 def backward(do, d_final_state, cache):
@@ -148,7 +186,25 @@ def backward(do, d_final_state, cache):
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
+    if d_final_state is None:
+        d_final_state = np.zeros((B, H, K, V), dtype=q.dtype)
     s = q.dtype.type(scale)
+
+    dq, dk, dv, dg = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(q)
+    d_initial_state = np.empty((B, H, K, V), dtype=q.dtype)
+    for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
+        dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
+            do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c)
+    return dq, dk, dv, dg, d_initial_state if has_initial_state else None
+
+
+def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c):
+    """The backward on one block of (batch, head) pairs: return dq, dk, dv, dg, dS_0.
+
+    Arguments are the block's slices of the upstream gradients and of the cache; s is the
+    scale as a NumPy scalar of the input dtype.
+    """
+    T = q.shape[2]
 
     # recompute the chunk-local quantities of the forward
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
@@ -182,8 +238,7 @@ def backward(do, d_final_state, cache):
 
     # the log gates: every gated exponent above passes its gradient to the gates it sums
     dg = _gate_grad(q_c * dq_gated - k_c * dk_past, k_c * dk_state, l, entering, E)
-    grads = [_from_chunks(x, T) for x in (dq, dk, dv, dg)]
-    return (*grads, d_initial_state if has_initial_state else None)
+    return (*[_from_chunks(x, T) for x in (dq, dk, dv, dg)], d_initial_state)
 
 
 def _state_grads(q_read, do_c, l, d_final_state):
@@ -191,7 +246,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
 
     E[:, :, n] is E_n, the gradient on H_{n+1}, the state leaving chunk n. q_read = s q exp(b)
     (B, H, N, C, K) are the queries that read the entering state in (1); l (B, H, N, K) the
-    chunk decays; d_final_state (B, H, K, V) or None.
+    chunk decays; d_final_state (B, H, K, V).
     """
     # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
     # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
@@ -199,7 +254,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
     chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
     N = read_grad.shape[2]
     E = np.empty_like(read_grad)  # (B, H, N, K, V), E[:, :, n]: gradient on H_{n+1}
-    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
+    E[:, :, N - 1] = d_final_state
     for n in range(N - 1, 0, -1):
         E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
     d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]

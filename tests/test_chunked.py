@@ -197,3 +197,25 @@ def test_plain_gate_identity_is_only_noise_in_float32_at_strong_gates():
     plain = gate_identity.gate_grad_from_identity(q, dq, k, dk, S_T, dS_T)
     assert rel_err(plain, dg_ref) > 1e3  # noise a thousand times the true dg
     assert rel_err(dg, dg_ref) < 1e-4
+
+
+@pytest.mark.parametrize("block_entries, n_blocks", [(30, 12), (90, 6), (240, 2), (10 ** 6, 1)],
+                         ids=["1-head", "3-heads-ragged", "2-rows", "all"])
+def test_blocks_of_heads_do_not_change_the_result(monkeypatch, block_entries, n_blocks):
+    # forward and backward run on blocks of (batch, head) pairs, a cache measure only: any block
+    # size gives the numbers of one block holding everything. T * max(K, V) = 30 per head here.
+    rng = np.random.default_rng(15)
+    B, H, T, K, V = 3, 4, 10, 3, 2
+    q, k, v, g, S0 = make_inputs(rng, B, H, T, K, V)
+    do, dS_T = rng.standard_normal((B, H, T, V)), rng.standard_normal((B, H, K, V))
+
+    def run():
+        o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=4,
+                                        sub_chunk_size=3)
+        return [o, S_T, *chunked.backward(do, dS_T, cache)]
+
+    whole = run()
+    monkeypatch.setattr(chunked, "BLOCK_ENTRIES", block_entries)
+    assert len(chunked._blocks(B, H, T * max(K, V))) == n_blocks
+    for name, x, ref in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], run(), whole):
+        assert rel_err(x, ref) < 1e-14, name
