@@ -25,7 +25,7 @@ import numpy as np
 from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
 from gla_np.gate_identity import reverse_cumsum
 
-MAX_DECAY_ENTRIES = 2 ** 26  # B*H*T*T*K above this is refused (2**26 float64 entries = 512 MiB)
+MAX_DECAY_ENTRIES = 2 ** 28  # B*H*T*T*K above this is refused (2**28 float64 entries = 2 GiB)
 
 
 def causal_decay(G, *, past_only=False):

@@ -99,9 +99,9 @@ def test_causal_decay_is_masked_and_at_most_one():
 
 
 def test_refuses_a_decay_tensor_over_the_size_limit_naming_T():
-    T = 8193  # T * T > 2**26 with B = H = K = 1; the inputs themselves are tiny
+    T = 16385  # T * T > 2**28 with B = H = K = 1; the inputs themselves are tiny
     q = np.zeros((1, 1, T, 1))
-    with pytest.raises(ValueError, match=r"^T: .*T=8193"):
+    with pytest.raises(ValueError, match=r"^T: .*T=16385"):
         parallel.forward(q, q, q, q)
 
 
