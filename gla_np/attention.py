@@ -64,8 +64,8 @@ def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, c
 def gla_attention_backward(do, d_final_state, cache):
     """Backward of ``gla_attention``: return ``(dq, dk, dv, dg, d_initial_state)``.
 
-    Routes to the backward of the form that made ``cache``; each form derives its own
-    (docs/derivations/recurrent.md, docs/derivations/parallel.md, docs/derivations/chunked.md):
+    Routes to the backward of the form that made ``cache``; each form derives its own, in
+    docs/derivations/recurrent.md, docs/derivations/parallel.md and docs/derivations/chunked.md:
 
         dq, dk, dv, dg, d_initial_state = <form>.backward(do, d_final_state, cache.inner)
 
