@@ -3,14 +3,17 @@
     x      = E[ids]                      (B, T, D)   gla_np.embedding           (1)
     h      = GLA-model(x)                (B, T, D)   gla_np.model, every position (2)
     logits = h W_head                    (B, T, V)   gla_np.linear, no bias     (3)
+                                                     tied: W_head = E^T
     loss   = mean CE(logits, targets)    scalar      over target positions only (4)
 
 The model's ``embed_dim`` must equal its ``hidden_size`` (the embedding already has the model's
 width, so the stack needs no input projection). The stack ends with its own norm, so the head
 reads normalised features. Params: ``"embedding.weight"`` (V, D), the stack's own names (from
 ``gla_np.model.init_params``, which never start with "embedding" or "head") and
-``"head.weight"`` (D, V). Embedding and head are separate matrices (not tied) and start as
-N(0, 0.02^2) like every other weight.
+``"head.weight"`` (D, V). Embedding and head are separate matrices and start as N(0, 0.02^2)
+like every other weight, unless ``config.tie_word_embeddings``: then there is no
+``"head.weight"``, the head is the embedding matrix transposed (fla's and GPT-2's tying), and
+E's gradient is the sum of its two uses, the lookup's and the head's.
 
 One init differs from the stack's own: with ``use_short_conv`` the convolution kernels (W, C)
 are redrawn from U(-1/sqrt(W), 1/sqrt(W)), PyTorch's default for a depthwise Conv1d. From the
@@ -48,12 +51,18 @@ def init_params(config, vocab_size, rng):
     D, dt = config.hidden_size, np.dtype(config.dtype)
     params = {EMBEDDING: normal(rng, (V, D), dt)}
     params.update(model.init_params(config, rng))
-    params[HEAD] = normal(rng, (D, V), dt)
+    if not config.tie_word_embeddings:
+        params[HEAD] = normal(rng, (D, V), dt)
     bound = 1.0 / np.sqrt(config.conv_size)
     for name in params:
         if name.rsplit(".", 1)[-1].startswith("conv_"):  # blocks.<i>.attn.conv_q, _k, _v
             params[name] = rng.uniform(-bound, bound, params[name].shape).astype(dt)
     return params
+
+
+def _own_names(config):
+    """The token model's own parameter names: the embedding, and the head unless tied."""
+    return (EMBEDDING,) if config.tie_word_embeddings else (EMBEDDING, HEAD)
 
 
 def _stack(params):
@@ -67,6 +76,7 @@ class LMCache(NamedTuple):
     embedding: Any  # EmbeddingCache of (1)
     stack: Any  # the model's cache of (2)
     head: Any  # LinearCache of (3)
+    tied: bool  # the head was the embedding matrix transposed (no "head.weight")
 
 
 def forward(params, ids, config, *, training=False, rng=None):
@@ -75,17 +85,21 @@ def forward(params, ids, config, *, training=False, rng=None):
     ``training`` turns dropout on; it then draws from ``rng``.
     """
     _check_config(config)
-    for name in (EMBEDDING, HEAD):
+    for name in _own_names(config):
         if name not in params:
             raise ValueError(f"params: expected an entry {name!r} (see lm.init_params)")
+    if config.tie_word_embeddings and HEAD in params:
+        raise ValueError(f"params: unexpected entry {HEAD!r}: with tie_word_embeddings the head "
+                         f"is {EMBEDDING!r} transposed")
     ids = np.asarray(ids)
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (B, T), got {ids.shape}")
     x, c_emb = embedding.forward(ids, params[EMBEDDING])  # (B, T, D)
     h, c_stack = model.forward(_stack(params), x, config, training=training, rng=rng,
                                return_sequence=True)  # (B, T, D)
-    logits, c_head = linear.forward(h, params[HEAD])  # (B, T, V)
-    return logits, LMCache(c_emb, c_stack, c_head)
+    W_head = params[EMBEDDING].T if config.tie_word_embeddings else params[HEAD]  # (D, V)
+    logits, c_head = linear.forward(h, W_head)  # (B, T, V)
+    return logits, LMCache(c_emb, c_stack, c_head, config.tie_word_embeddings)
 
 
 def backward(dlogits, cache):
@@ -94,14 +108,19 @@ def backward(dlogits, cache):
         dh, dW_head = linear'(dlogits)       (3)
         dx, grads   = model'(dh)             (2)
         dE          = embedding'(dx)         (1)
+        tied (W_head = E^T):  dE = embedding'(dx) + dW_head^T
 
     Each line is its module's backward: docs/derivations/linear.md, docs/derivations/model.md,
     docs/derivations/embedding.md (and docs/derivations/cross_entropy.md for dlogits).
     """
     dh, dW_head, _ = linear.backward(dlogits, cache.head)
     dx, grads = model.backward(dh, cache.stack)
-    dE = embedding.backward(dx, cache.embedding)
-    return {EMBEDDING: dE, **grads, HEAD: dW_head}
+    dE_embed = embedding.backward(dx, cache.embedding)
+    if cache.tied:
+        # forward: x = E[ids] and logits = h E^T   so: dE_head = dW_head^T, added to the lookup's
+        dE = dE_embed + dW_head.T  # E feeds the lookup and the head
+        return {EMBEDDING: dE, **grads}
+    return {EMBEDDING: dE_embed, **grads, HEAD: dW_head}
 
 
 def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
