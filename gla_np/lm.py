@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import cross_entropy, embedding, linear, model
+from gla_np import _params, cross_entropy, embedding, gate, linear, model
 from gla_np._checks import check_positive_int
 from gla_np._params import normal
 
@@ -133,3 +133,23 @@ def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
     loss, c_loss = cross_entropy.forward(logits, targets, ignore_index=-100)
     dlogits = cross_entropy.backward(1.0, c_loss)  # (B, T, V)
     return float(loss), backward(dlogits, cache), logits
+
+
+def forget_gates(params, ids, config):
+    """The log forget gates g <= 0 of every layer on ``ids``: a tuple of (B, T, H, K) arrays.
+
+    exp(g) is how much of each state row a head keeps at each token. Each layer's gate reads
+    the output of that layer's pre-norm, which the forward's cache holds (xn = x_hat * w, + b
+    for LayerNorm, the very product the forward computed).
+    """
+    _, cache = forward(params, ids, config)
+    H, K = config.num_heads, config.head_dim
+    gates = []
+    for i, c in enumerate(cache.stack.blocks):
+        p = _params.take(params, f"blocks.{i}.attn.")
+        xn = c.attn.norm.op.x_hat * p["norm.w"] + (p["norm.b"] if config.norm == "layernorm"
+                                                   else 0)
+        g, _ = gate.forward(_params.take(p, "gate."), xn, kind=config.gate, num_heads=H,
+                            head_dim=K, normalizer=config.gate_normalizer)
+        gates.append(g)
+    return tuple(gates)
