@@ -13,8 +13,10 @@ global norm of 1, AdamW (``gla_np.data_parallel.loss_and_grads`` with ``threads`
     large  B=8, T=512, D=256, 4 heads of 64, 2 layers, FFN x2
 
 For each config and thread count: min and median ms per step over ``--repeats`` steps (after
-two warm-up steps) and tokens per second at the median. The machine may be shared: the min is
-the better estimate of the step's own cost, the median of what a run sees.
+two warm-up steps), tokens per second at the median, and the median CPU time of the process
+per step (all threads together). The machine may be shared: the min is the better estimate of
+the step's own cost, the median of what a run sees; at one thread the CPU time is the least
+disturbed by other processes.
 
 ``--profile`` runs cProfile on one-thread steps and adds up the time by gla_np module: time
 spent in NumPy (a ufunc, a matmul, ``np.where``) counts for the gla_np function that called it.
@@ -93,14 +95,15 @@ def make_step(name, threads, seed=0):
 
 
 def time_steps(step, repeats):
-    """Per-step wall times in seconds, after two warm-up steps."""
+    """Per-step wall times and process CPU times (all threads) in seconds, after two warm-ups."""
     step(), step()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return np.array(wall), np.array(cpu)
 
 
 def _module_of(func):
@@ -181,14 +184,15 @@ def main(argv=None):
     threads = args.threads or sorted({1, data_parallel.default_threads()})
     for line in machine_summary():
         print(line)
-    print(f"\n{'config':<7} {'threads':>7} {'min ms':>8} {'median ms':>10} {'tokens/s':>10}")
+    print(f"\n{'config':<7} {'threads':>7} {'min ms':>8} {'median ms':>10} {'tokens/s':>10} "
+          f"{'CPU ms':>8}")
     for name in args.configs:
         repeats = args.repeats or (40 if name == "small" else 10)
         for n in threads:
             step, tokens = make_step(name, n)
-            times = time_steps(step, repeats)
+            times, cpu = time_steps(step, repeats)
             print(f"{name:<7} {n:>7} {1e3 * times.min():>8.1f} {1e3 * np.median(times):>10.1f} "
-                  f"{tokens / np.median(times):>10,.0f}", flush=True)
+                  f"{tokens / np.median(times):>10,.0f} {1e3 * np.median(cpu):>8.1f}", flush=True)
     if args.profile:
         for name in args.configs:
             profile(name, 20 if name == "small" else 4)
