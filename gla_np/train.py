@@ -227,7 +227,7 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
                    "elapsed_sec": elapsed_before + now - t0}
             history.append([row[f] for f in CSV_FIELDS])
             log(f"step {step + 1:>6}/{run['steps']}  loss {loss:.4f}  acc {acc:.3f}  "
-                f"lr {lr:.2e}  |g| {grad_norm:.2f}  {row['tokens_per_sec']:,.0f} tok/s  "
+                f"lr {lr:.2e}  gnorm {grad_norm:.2f}  {row['tokens_per_sec']:,.0f} tok/s  "
                 f"left {_format_time(per_step * (stop - step - 1))}")
             window_t, window_steps = now, 0
 
