@@ -6,7 +6,13 @@ for the backward's upstream gradients. Every error is a ValueError that names th
 says what was expected, raised before any computation.
 
 Layout is head-major: q, k, g ``(B, H, T, K)``, v ``(B, H, T, V)``, states ``(B, H, K, V)``.
-(fla's kernels take ``(B, T, H, K)``; the transpose is the layer's job, not the core's.)
+(fla's kernels take ``(B, T, H, K)``; the transpose is the layer's job, or ``gla_attention``'s
+with ``layout="BTHK"``.) Shapes alone cannot tell the two layouts apart when no initial state is
+given; when a shape check fails and the shapes fit the other layout, the message says so.
+
+Log gates may be ``-inf`` (a hard reset: decay exactly 0) or any finite value <= 0. Every form
+first applies :func:`floor_log_gates`, which is exact (docs/derivations/recurrent.md, "Hard
+resets and huge gates").
 """
 
 from __future__ import annotations
@@ -15,21 +21,82 @@ import numpy as np
 
 from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
 
+# The log-gate floor per dtype: the first power of two below ln(smallest subnormal / 2), the
+# point under which exp rounds to exactly 0 (float32: -103.97, float64: -745.13). A gate at or
+# below the floor has decay exp(g) = 0 exactly in that dtype, so flooring changes no decay; the
+# margin (24 and 279) absorbs the rounding of the cumulative sums, and with every gate >= the
+# floor a cumulative sum over T steps is at least T * floor: it cannot overflow for any T that
+# fits in memory. docs/derivations/recurrent.md, "Hard resets and huge gates", has the argument.
+LOG_GATE_FLOOR = {np.dtype(np.float32): -128.0, np.dtype(np.float64): -1024.0}
 
-def _check_ndarray(name, x, ndim):
+
+def floor_log_gates(g):
+    """Return ``(max(g, floor), reset)``: the log gates floored for their dtype, and a boolean
+    ``(B, H, T, K)`` mask of the gates at or below the floor (None when there are none).
+
+    Exact: a floored gate's decay exp(g) is 0 in the dtype either way. The mask lets backward
+    set dg = 0 there exactly: the derivative of max(g, floor) is 0 below the floor, and the
+    limit of dL/dg = a * (...) as the decay a -> 0 is 0 too.
+    """
+    floor = g.dtype.type(LOG_GATE_FLOOR[g.dtype])
+    reset = g <= floor
+    if not reset.any():
+        return g, None
+    return np.maximum(g, floor), reset
+
+
+def check_cache(cache, cache_type, forward_name):
+    """Check that ``cache`` is a ``cache_type`` (what ``forward_name`` returns); return it."""
+    if not isinstance(cache, cache_type):
+        raise ValueError(f"cache: expected the {cache_type.__name__} returned by {forward_name}, "
+                         f"got {type(cache).__name__}")
+    return cache
+
+
+def _check_ndarray(name, x, ndim, finite=True):
     # A list would pass check_array (it converts), but the forms index the caller's object,
     # so ask for an ndarray outright.
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{name}: expected a NumPy array, got {type(x).__name__}")
-    return check_array(name, x, ndim=ndim)
+    return check_array(name, x, ndim=ndim, finite=finite)
 
 
-def _check_arguments(names, lead_letters, q, k, v, g, state, scale):
+def _check_g(name, g, rank):
+    """The log gates: like the other arrays, but -inf (decay exactly 0) is allowed."""
+    g = _check_ndarray(name, g, rank, finite=False)
+    if np.isnan(g).any() or np.isposinf(g).any():
+        raise ValueError(f"{name}: contains nan or +inf; expected log forget gates in "
+                         f"[-inf, 0] (-inf is a hard reset, decay exactly 0)")
+    return g
+
+
+OTHER_LAYOUT = {"BHTK": "BTHK", "BTHK": "BHTK"}
+SPELLED = {"BHTK": "(B, H, T, K)", "BTHK": "(B, T, H, K)"}
+
+
+def _layout_hint(layout, x_shape, V, state_shape):
+    """A sentence for a state-shape error when the shapes fit the other layout, else ''.
+
+    x_shape is q's shape; under the other layout the heads sit on the other of axes 1 and 2.
+    """
+    if len(x_shape) != 4 or x_shape[1] == x_shape[2]:
+        return ""
+    other = OTHER_LAYOUT[layout]
+    other_heads = x_shape[2] if layout == "BHTK" else x_shape[1]
+    if tuple(state_shape) != (x_shape[0], other_heads, x_shape[3], V):
+        return ""
+    return (f"; the inputs look like the {SPELLED[other]} layout ({other}) while "
+            f"{SPELLED[layout]} ({layout}) was expected: transpose axes 1 and 2, or call "
+            f"gla_attention(..., layout={other!r})")
+
+
+def _check_arguments(names, lead_letters, q, k, v, g, state, scale, layout="BHTK"):
     """The checks behind both public functions; return ``(*lead, K, V, scale)``.
 
     ``names`` are the argument names (q, k, v, g, state) the messages use. q, k, g have shape
     ``(*lead, K)`` and v ``(*lead, V)``, with lead spelled ``lead_letters``: ("B", "H", "T") for
-    a sequence, ("B", "H") for one step. The state is ``(B, H, K, V)`` either way.
+    a sequence, ("B", "H") for one step, ("B", "T", "H") for a sequence in fla's layout (then
+    ``layout="BTHK"`` and the returned lead is still (B, H, T)). The state is ``(B, H, K, V)``.
     """
     q_name, k_name, v_name, g_name, state_name = names
     rank = len(lead_letters) + 1
@@ -47,28 +114,37 @@ def _check_arguments(names, lead_letters, q, k, v, g, state, scale):
     V = v.shape[-1]
     if V < 1:
         raise ValueError(f"{v_name}: expected shape {spelled('V')} with V >= 1, got {v.shape}")
-    check_shape(g_name, _check_ndarray(g_name, g, rank), (*lead, K))
+    check_shape(g_name, _check_g(g_name, g, rank), (*lead, K))
+    heads = lead[:2] if layout == "BHTK" or rank == 3 else (lead[0], lead[2])  # (B, H)
     if state is not None:
-        check_shape(state_name, _check_ndarray(state_name, state, 4), (*lead[:2], K, V))
+        _check_ndarray(state_name, state, 4)
+        try:
+            check_shape(state_name, state, (*heads, K, V))
+        except ValueError as err:
+            raise ValueError(str(err) + _layout_hint(layout, q.shape, V, state.shape)) from None
     check_same_dtype(**{q_name: q, k_name: k, v_name: v, g_name: g, state_name: state})
     if (g > 0).any():
         raise ValueError(f"{g_name}: expected log forget gates <= 0 (the log of a gate in "
                          f"(0, 1]), got a maximum of {g.max()!r}")
     scale = K ** -0.5 if scale is None else check_positive_real("scale", scale)
+    if layout == "BTHK" and rank == 4:
+        lead = [lead[0], lead[2], lead[1]]  # report (B, H, T)
     return (*lead, K, V, scale)
 
 
-def check_gla_inputs(q, k, v, g, initial_state=None, scale=None):
+def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, layout="BHTK"):
     """Validate the arguments of a GLA form; return ``(B, H, T, K, V, scale)``.
 
-    Checks: every array is a float32/float64 ndarray of the right rank with finite values, the
-    shapes agree (q, k, g ``(B, H, T, K)``; v ``(B, H, T, V)``; initial_state ``(B, H, K, V)``),
-    every size is at least 1, all arrays share one dtype, the log gates are <= 0, and ``scale``
-    (default ``K ** -0.5``) is a positive finite number. The resolved scale is returned as a
-    Python float.
+    Checks: every array is a float32/float64 ndarray of the right rank with finite values (the
+    log gates may also be -inf), the shapes agree (q, k, g ``(B, H, T, K)``; v ``(B, H, T, V)``;
+    initial_state ``(B, H, K, V)``; with ``layout="BTHK"`` the arrays are ``(B, T, H, K)`` and
+    ``(B, T, H, V)``), every size is at least 1, all arrays share one dtype, the log gates are
+    <= 0, and ``scale`` (default ``K ** -0.5``) is a positive finite number. The resolved scale
+    is returned as a Python float.
     """
-    return _check_arguments(("q", "k", "v", "g", "initial_state"), ("B", "H", "T"),
-                            q, k, v, g, initial_state, scale)
+    lead = ("B", "H", "T") if layout == "BHTK" else ("B", "T", "H")
+    return _check_arguments(("q", "k", "v", "g", "initial_state"), lead,
+                            q, k, v, g, initial_state, scale, layout)
 
 
 def check_gla_step_inputs(q_t, k_t, v_t, g_t, state=None, scale=None):

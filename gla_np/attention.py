@@ -13,38 +13,65 @@ The forms compute the same map (the tests check that they agree to rounding) and
 value with another form is an error (a ValueError naming the argument), not silently ignored:
 a caller who sets a chunk size believes it does something.
 
-Shapes are head-major: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states ``(B, H, K, V)``.
-(fla's kernels take ``(B, T, H, K)``.) Inputs are validated by ``check_gla_inputs`` inside
-each form, so every form refuses bad input with the same messages.
+Shapes are head-major by default: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states
+``(B, H, K, V)``. fla's kernels take ``(B, T, H, K)``: pass ``layout="BTHK"`` and every array
+in and out (do, o and the gradients too) is in that layout; states are ``(B, H, K, V)`` in both.
+Shapes alone cannot tell the layouts apart when there is no initial state ((B, T, H, K) arrays
+read as head-major would silently take T as heads), so a caller holding fla-layout arrays
+should say so. Inputs are validated by ``check_gla_inputs`` inside each form, so every form
+refuses bad input with the same messages; a state shape that fits the other layout says so.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from gla_np import chunked, parallel, recurrent
 from gla_np._checks import check_choice
+from gla_np._gla_inputs import check_cache, check_gla_inputs
 
 MODULES = {"recurrent": recurrent, "parallel": parallel, "chunk": chunked}
+CACHES = {"recurrent": recurrent.RecurrentCache, "parallel": parallel.ParallelCache,
+          "chunk": chunked.ChunkedCache}
 FORMS = tuple(MODULES)
+LAYOUTS = ("BHTK", "BTHK")
 
 
 class AttentionCache(NamedTuple):
-    """The cache of ``gla_attention``: which form ran, and that form's own cache."""
+    """The cache of ``gla_attention``: which form ran, that form's own cache, and the layout."""
 
     form: str  # "recurrent", "parallel" or "chunk"
     inner: tuple  # RecurrentCache, ParallelCache or ChunkedCache
+    layout: str = "BHTK"  # the caller's layout: backward takes do and returns grads in it
+
+
+def _heads_major(x):
+    """(B, T, H, X) <-> (B, H, T, X): swap axes 1 and 2 (a view)."""
+    return None if x is None else np.swapaxes(x, 1, 2)
 
 
 def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, chunk_size=64,
-                  sub_chunk_size=None):
+                  sub_chunk_size=None, layout="BHTK"):
     """Gated linear attention: return ``(o, final_state, cache)``.
 
-    q, k, g ``(B, H, T, K)`` (g the log forget gate, <= 0); v ``(B, H, T, V)``; initial_state
-    ``(B, H, K, V)`` or None (zeros). scale defaults to K ** -0.5 and multiplies q. Returns
-    o ``(B, H, T, V)`` and the final state ``(B, H, K, V)``, in the input dtype.
+    q, k, g ``(B, H, T, K)`` (g the log forget gate, <= 0; -inf is a hard reset, decay exactly
+    0); v ``(B, H, T, V)``; initial_state ``(B, H, K, V)`` or None (zeros). scale defaults to
+    K ** -0.5 and multiplies q. Returns o ``(B, H, T, V)`` and the final state ``(B, H, K, V)``,
+    in the input dtype. With ``layout="BTHK"`` (fla's) q, k, g are ``(B, T, H, K)`` and v, o
+    ``(B, T, H, V)``; the states keep ``(B, H, K, V)``.
     """
     check_choice("form", form, FORMS)
+    check_choice("layout", layout, LAYOUTS)
+    if layout == "BTHK":
+        check_gla_inputs(q, k, v, g, initial_state, scale, layout="BTHK")  # caller's shapes
+        q, k, v, g = (_heads_major(x) for x in (q, k, v, g))
+        o, final_state, cache = gla_attention(
+            q, k, v, g, form=form, scale=scale, initial_state=initial_state,
+            chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+        return (np.ascontiguousarray(_heads_major(o)), final_state,
+                cache._replace(layout="BTHK"))
     if form == "chunk":
         o, final_state, inner = chunked.forward(
             q, k, v, g, scale=scale, initial_state=initial_state, chunk_size=chunk_size,
@@ -69,11 +96,28 @@ def gla_attention_backward(do, d_final_state, cache):
 
         dq, dk, dv, dg, d_initial_state = <form>.backward(do, d_final_state, cache.inner)
 
-    ``do`` ``(B, H, T, V)`` and ``d_final_state`` ``(B, H, K, V)``; None means zero.
-    d_initial_state is None when the forward had no initial state.
+    ``do`` ``(B, H, T, V)`` (``(B, T, H, V)`` when the forward had ``layout="BTHK"``; the
+    gradients then come back in that layout too) and ``d_final_state`` ``(B, H, K, V)``; None
+    means zero. d_initial_state is None when the forward had no initial state. A cache that is
+    not an AttentionCache, or whose inner cache is not the named form's, is refused naming
+    ``cache``.
     """
     if not isinstance(cache, AttentionCache):
         raise ValueError(f"cache: expected the AttentionCache returned by gla_attention, "
                          f"got {type(cache).__name__}")
     check_choice("cache.form", cache.form, FORMS)
-    return MODULES[cache.form].backward(do, d_final_state, cache.inner)
+    check_choice("cache.layout", cache.layout, LAYOUTS)
+    if cache.layout == "BHTK":
+        return MODULES[cache.form].backward(do, d_final_state, cache.inner)
+    check_cache(cache.inner, CACHES[cache.form], f"{MODULES[cache.form].__name__}.forward")
+    if do is not None:
+        q = cache.inner.q  # (B, H, T, K), a view of the caller's (B, T, H, K) q
+        B, H, T, _ = q.shape
+        expected = (B, T, H, cache.inner.v.shape[3])
+        if not isinstance(do, np.ndarray) or do.shape != expected:
+            got = do.shape if isinstance(do, np.ndarray) else type(do).__name__
+            raise ValueError(f"do: expected shape {expected} (B, T, H, V), the layout 'BTHK' of "
+                             f"the forward, got {got}")
+    dq, dk, dv, dg, dS0 = MODULES[cache.form].backward(_heads_major(do), d_final_state,
+                                                       cache.inner)
+    return (*(np.ascontiguousarray(_heads_major(x)) for x in (dq, dk, dv, dg)), dS0)

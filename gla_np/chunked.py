@@ -16,6 +16,10 @@ that every exponent evaluated is <= 0: the tempting factoring q * exp(b) times k
 overflows float32 inside a single chunk of 64 once the gates are strong.
 docs/derivations/chunked.md has the full argument, and the recurrent form is the reference.
 
+Log gates are floored first (``_gla_inputs.floor_log_gates``): exact, since a gate below the
+floor already has decay 0 in the dtype, and it bounds every |b| by C times the floor, so the
+cumulative sums cannot overflow even for g = -inf or g = -3e38 (a hard reset).
+
 Shapes are head-major: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states ``(B, H, K, V)``.
 Inside, chunked arrays are ``(B, H, N, C, K)``. ``forward`` and ``backward`` check their arguments
 and run ``_forward_block`` / ``_backward_block`` on blocks of (batch, head) pairs, a cache measure
@@ -30,7 +34,8 @@ import numpy as np
 
 from gla_np import _chunk_tiles
 from gla_np._checks import check_positive_int
-from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
+from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
+                                floor_log_gates)
 
 # Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32):
 # smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
@@ -89,6 +94,7 @@ class ChunkedCache(NamedTuple):
     chunk_size: int  # C actually used: min(chunk_size, T)
     sub_chunk_size: int  # c actually used: min(sub_chunk_size, C)
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
+    reset: np.ndarray | None  # (B, H, T, K) bool, gates at or below the floor (dg = 0 there)
 
 
 def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_chunk_size=None):
@@ -107,6 +113,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     c = min(sub_chunk_size, C)
     N = -(-T // C)
     s = q.dtype.type(scale)  # a NumPy scalar of the input dtype: float32 stays float32
+    g, reset = floor_log_gates(g)  # exact, and b below cannot overflow (module docstring)
     S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
 
     o = np.empty_like(v)  # (B, H, T, V)
@@ -115,7 +122,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         o[blk], b[blk], states[blk] = _forward_block(q[blk], k[blk], v[blk], g[blk], S0[blk],
                                                      s, C, c)
-    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None)
+    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None, reset)
     return o, states[:, :, N].copy(), cache
 
 
@@ -182,7 +189,8 @@ def backward(do, d_final_state, cache):
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
     forward had no initial state.
     """
-    q, k, v, b, states, scale, C, c, has_initial_state = cache
+    q, k, v, b, states, scale, C, c, has_initial_state, reset = check_cache(
+        cache, ChunkedCache, "chunked.forward")
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
@@ -195,6 +203,8 @@ def backward(do, d_final_state, cache):
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
             do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c)
+    if reset is not None:  # the floor max(g, floor) passes no gradient below it
+        dg = np.where(reset, 0, dg)
     return dq, dk, dv, dg, d_initial_state if has_initial_state else None
 
 

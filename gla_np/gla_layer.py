@@ -8,15 +8,16 @@ and so does the pre-norm when it is LayerNorm:
     xn = Norm(x)                                            (1) pre-norm (RMSNorm or LayerNorm)
     q = xn W_q,  k = xn W_k   (H*K)     v = xn W_v  (H*V)   (2) optional: SiLU(short conv) on each
     g = gate(xn)                       (H, K), g <= 0       (3) see gla_np.gate
-    o = core(q, k, v, g)               per head             (4) scale K^-1/2 on q
-    u = RMSNorm_V(o) * swish(xn W_r)   (H*V)                (5) output norm and output gate
-    out = x + dropout(u W_o)           (D)                  (6)
+    o = core(q, k, v, g)               per head             (4)-(6) heads first, scale K^-1/2 on q
+    u = RMSNorm_V(o) * swish(xn W_r)   (H*V)                (7)-(9) output norm and output gate
+    out = x + dropout(u W_o)           (D)                  (10)-(11)
 
+(The numbers are those of docs/derivations/gla-layer.md, which writes each step on its own line.)
 K is ``config.head_dim`` and V is ``config.value_head_dim`` (None: V = K, as in Edifice). q, k and
 the gate are H*K wide; v, the output gate and the output norm are H*V wide. fla's released models
 have K = V/2 (``expand_k=0.5, expand_v=1``).
 
-The output norm (5) is RMSNorm over each head's V values with one weight of size V shared by all
+The output norm (7) is RMSNorm over each head's V values with one weight of size V shared by all
 heads, as in fla. The paper uses LayerNorm per head; we follow fla because it is what trained GLA
 checkpoints use, it has no bias to fight the output gate, and it is one op fewer to read. Its eps
 is the model's ``config.norm_eps``, as fla's GLA model passes its ``norm_eps`` (default 1e-6) to
@@ -47,7 +48,7 @@ def head_sizes(config):
 
 
 def output_norm_eps(config):
-    """The eps of the per-head output norm (5): ``o_norm_eps``, or else ``norm_eps``."""
+    """The eps of the per-head output norm (7): ``o_norm_eps``, or else ``norm_eps``."""
     return config.norm_eps if config.o_norm_eps is None else config.o_norm_eps
 
 
@@ -121,7 +122,7 @@ def _qkv_backward(dq, dk, dv, cache):
 
 
 class OutCache(NamedTuple):
-    """Children of the output path (5)-(6) before dropout, and the two factors of the product."""
+    """Children of the output path (7)-(10) before dropout, and the two factors of the product."""
 
     o_norm: Any  # RMSNormCache over (B, T, H, V)
     r_proj: Any  # LinearCache of xn W_r
@@ -132,7 +133,7 @@ class OutCache(NamedTuple):
 
 
 def _out_forward(params, o_tok, xn, eps):
-    """(5) and the projection of (6): o_tok (B, T, H, V), xn (B, T, D) -> (B, T, D)."""
+    """(7)-(9) and the projection (10): o_tok (B, T, H, V), xn (B, T, D) -> (B, T, D)."""
     B, T, H, V = o_tok.shape
     on, c_onorm = rmsnorm.forward(o_tok, params["o_norm.w"], eps)  # per head, shared w
     on = on.reshape(B, T, H * V)
@@ -163,9 +164,9 @@ class GLALayerCache(NamedTuple):
     norm: Any  # NormCache of (1)
     qkv: QKVCache  # (2)
     gate: Any  # GateCache (3)
-    core: Any  # cache of gla_attention (4)
-    out: OutCache  # (5), (6)
-    drop: Any  # DropoutCache (6)
+    core: Any  # cache of gla_attention (5)
+    out: OutCache  # (7)-(10)
+    drop: Any  # DropoutCache (11)
 
 
 def forward(params, x, config, *, training=False, rng=None):

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._gla_inputs import check_gla_inputs, check_gla_upstream
+from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
+                                floor_log_gates)
 from gla_np.gate_identity import reverse_cumsum
 
 MAX_DECAY_ENTRIES = 2 ** 28  # B*H*T*T*K above this is refused (2**28 float64 entries = 2 GiB)
@@ -52,12 +53,14 @@ class ParallelCache(NamedTuple):
     S0: np.ndarray  # (B, H, K, V), the initial state; zeros when none was given
     scale: float  # s, multiplies q
     has_initial_state: bool  # False: backward returns d_initial_state = None
+    reset: np.ndarray | None  # (B, H, T, K) bool, gates at or below the floor (dg = 0 there)
 
 
 def forward(q, k, v, g, *, scale=None, initial_state=None):
     """Attention with a decay mask: return ``(o, final_state, cache)``, equal to ``recurrent``'s.
 
     Equations (numbered as in docs/derivations/parallel.md):
+        (0) g = max(g, floor): exact, a gate below the floor has exp(g) = 0 in the dtype
         (1) G = cumsum(g) over time
         (2) W[t,u,i] = exp(G_t[i] - G_u[i]) if u <= t else 0
         (3) A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i]
@@ -70,6 +73,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
                          f"T={T} it has {B * H * T * T * K} entries, over the limit of "
                          f"{MAX_DECAY_ENTRIES}. Use form='chunk' for long sequences.")
     S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
+    g, reset = floor_log_gates(g)  # (0) exact, and G below cannot overflow
     G = np.cumsum(g, axis=2)  # (1) (B, H, T, K)
     W = causal_decay(G)  # (2) (B, H, T, T, K)
     A = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W)  # (3) (B, H, T, T)
@@ -77,7 +81,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
     G_T = G[:, :, -1]  # (B, H, K)
     kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
     S_T = np.exp(G_T)[..., None] * S0 + np.swapaxes(kE, 2, 3) @ v  # (5) (B, H, K, V)
-    cache = ParallelCache(q, k, v, G, S0, scale, initial_state is not None)
+    cache = ParallelCache(q, k, v, G, S0, scale, initial_state is not None, reset)
     return o, S_T, cache
 
 
@@ -101,7 +105,8 @@ def backward(do, d_final_state, cache):
     Each dg term collects the exponents whose window of gates contains g_r. The diagonal pairs
     span no gate and are left out, so nothing large cancels, even for very strong gates.
     """
-    q, k, v, G, S0, scale, has_initial_state = cache
+    q, k, v, G, S0, scale, has_initial_state, reset = check_cache(cache, ParallelCache,
+                                                                  "parallel.forward")
     B, H, T, K = q.shape
     V = v.shape[3]
     do, dS_T = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
@@ -124,9 +129,9 @@ def backward(do, d_final_state, cache):
 
     # forward (3): A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i]
     # so:  dq_t += scale sum_u dA[t,u] k_u W[t,u],  dk_u = scale sum_t dA[t,u] q_t W[t,u];
-    #      the past exponent G_t - G_u = g_{u+1} + ... + g_t gets dP[t,u] = scale dA q_t k_u W,
+    #      the past exponent G_t - G_u = g_{u+1} + ... + g_t gets dlogW[t,u] = scale dA q_t k_u W,
     #      whose row sums are q * dq_past and column sums k * dk_past, so
-    #      dg_r += sum_{t >= r, u < r} dP[t,u] = sum_{t >= r} (q * dq_past - k * dk_past)_t
+    #      dg_r += sum_{t >= r, u < r} dlogW[t,u] = sum_{t >= r} (q * dq_past - k * dk_past)_t
     dq_past = scale * np.einsum("bhtu,bhui,bhtui->bhti", dA, k, W_past)  # (B, H, T, K)
     dk_past = scale * np.einsum("bhtu,bhti,bhtui->bhui", dA, q, W_past)  # (B, H, T, K)
     dq = dq + dq_past + scale * dA_self[..., None] * k
@@ -136,6 +141,8 @@ def backward(do, d_final_state, cache):
     if dS_T is not None:  # forward (5), only when the final state has a gradient
         dk_T, dv_T, dg_T, dS0_T = _final_state_grads(k, v, G, S0, dS_T)
         dk, dv, dg, dS0 = dk + dk_T, dv + dv_T, dg + dg_T, dS0 + dS0_T
+    if reset is not None:  # forward (0): max(g, floor) passes no gradient below the floor
+        dg = np.where(reset, 0, dg)
     return dq, dk, dv, dg, (dS0 if has_initial_state else None)
 
 

@@ -12,7 +12,9 @@ map as attention with a decay mask, ``chunked`` as the paper's chunkwise algorit
 time (vectorised over batch and heads) and is the streaming form for inference (``step``).
 
 Shapes are head-major: q, k, g ``(B, H, T, K)``; v, o ``(B, H, T, V)``; states ``(B, H, K, V)``.
-(fla uses ``(B, T, H, K)``; the layer does the transpose.) g is the log forget gate, g <= 0.
+(fla uses ``(B, T, H, K)``; the layer does the transpose.) g is the log forget gate, g <= 0;
+g = -inf is a hard reset (decay exactly 0), and so is any g below the dtype's floor
+(``_gla_inputs.LOG_GATE_FLOOR``): exp rounds it to 0.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._gla_inputs import (check_gla_inputs, check_gla_step_inputs,
-                                check_gla_upstream)
+from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_step_inputs,
+                                check_gla_upstream, floor_log_gates)
 
 
 def _step(q_t, k_t, v_t, g_t, state, scale):
@@ -55,7 +57,7 @@ class RecurrentCache(NamedTuple):
     q: np.ndarray  # (B, H, T, K)
     k: np.ndarray  # (B, H, T, K)
     v: np.ndarray  # (B, H, T, V)
-    g: np.ndarray  # (B, H, T, K)
+    g: np.ndarray  # (B, H, T, K), floored (finite); a reset gate has exp(g) = 0, so dg = 0
     states: np.ndarray  # (B, H, T + 1, K, V), states[:, :, t] = S_t, states[:, :, 0] = S_0
     scale: float  # s, multiplies q
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
@@ -68,6 +70,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
     multiplies q; initial_state S_0 defaults to zeros. Outputs keep the input dtype.
     """
     B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    g, _ = floor_log_gates(g)  # (0) exact: a gate below the floor has exp(g) = 0 either way
     states = np.empty((B, H, T + 1, K, V), dtype=q.dtype)
     states[:, :, 0] = 0.0 if initial_state is None else initial_state
     o = np.empty((B, H, T, V), dtype=q.dtype)
@@ -91,7 +94,8 @@ def backward(do, d_final_state, cache):
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
     forward had no initial state.
     """
-    q, k, v, g, states, scale, has_initial_state = cache
+    q, k, v, g, states, scale, has_initial_state = check_cache(cache, RecurrentCache,
+                                                               "recurrent.forward")
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)

@@ -88,7 +88,8 @@ BAD = [
     ("positive-gate", dict(g=np.full((1, 2, 3, 4), 1e-3)), r"^g: expected log forget gates <= 0"),
     ("nan-q", dict(q=np.full((1, 2, 3, 4), np.nan)), r"^q: contains nan or inf"),
     ("inf-v", dict(v=np.full((1, 2, 3, 5), np.inf)), r"^v: contains nan or inf"),
-    ("minus-inf-gate", dict(g=np.full((1, 2, 3, 4), -np.inf)), r"^g: contains nan or inf"),
+    ("nan-gate", dict(g=np.full((1, 2, 3, 4), np.nan)), r"^g: contains nan or \+inf"),
+    ("plus-inf-gate", dict(g=np.full((1, 2, 3, 4), np.inf)), r"^g: contains nan or \+inf"),
     ("dtype-mix", dict(k=Q.astype(np.float32)), r"one dtype .*k: float32"),
     ("int-dtype", dict(v=np.zeros((1, 2, 3, 5), dtype=int)), r"^v: expected a float32 or float64"),
     ("list", dict(q=Q.tolist()), r"^q: expected a NumPy array"),
@@ -129,6 +130,80 @@ def test_backward_refuses_a_foreign_cache_naming_cache():
         gla_attention_backward(None, None, inner)
     with pytest.raises(ValueError, match=r"^cache.form:"):
         gla_attention_backward(None, None, AttentionCache("linear", inner))
+
+
+MODULES = {"recurrent": recurrent, "parallel": parallel, "chunk": chunked}
+NOT_CACHES = [("None", lambda caches: None), ("tuple", lambda caches: (1, 2, 3)),
+              ("array", lambda caches: Q), ("dict", lambda caches: {"q": Q})]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("what, make", NOT_CACHES, ids=[n[0] for n in NOT_CACHES])
+def test_every_backward_refuses_a_non_cache_naming_cache(form, what, make):
+    caches = {f: gla_attention(Q, Q, Vv, Q, form=f)[2] for f in FORMS}
+    with pytest.raises(ValueError, match=r"^cache: expected the \w+Cache returned by"):
+        MODULES[form].backward(None, None, make(caches))
+    with pytest.raises(ValueError, match=r"^cache: expected the AttentionCache"):
+        gla_attention_backward(None, None, make(caches))
+    with pytest.raises(ValueError, match=r"^cache: expected the \w+Cache returned by"):
+        gla_attention_backward(None, None, AttentionCache(form, make(caches)))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("other", FORMS)
+@pytest.mark.parametrize("layout", ["BHTK", "BTHK"])
+def test_every_backward_refuses_another_forms_cache_naming_cache(form, other, layout):
+    if form == other:
+        return  # (the pair is the happy path, tested above)
+    inner = gla_attention(Q, Q, Vv, Q, form=other)[2].inner
+    want = {"recurrent": "RecurrentCache", "parallel": "ParallelCache", "chunk": "ChunkedCache"}
+    pattern = rf"^cache: expected the {want[form]} returned by \S+, got {type(inner).__name__}$"
+    with pytest.raises(ValueError, match=pattern):
+        MODULES[form].backward(None, None, inner)
+    with pytest.raises(ValueError, match=pattern):
+        gla_attention_backward(None, None, AttentionCache(form, inner, layout))
+
+
+# --- layout: fla's (B, T, H, K) by name, and a hint when the shapes look like the other -----
+
+@pytest.mark.parametrize("form", FORMS)
+def test_layout_bthk_is_the_head_major_result_transposed(form):
+    q, k, v, g, S0, do, dS_T = make_inputs(seed=5, B=2, T=6, H=3)
+    sw = [np.ascontiguousarray(np.swapaxes(x, 1, 2)) for x in (q, k, v, g, do)]
+    o, S_T, cache = gla_attention(q, k, v, g, form=form, initial_state=S0)
+    grads = gla_attention_backward(do, dS_T, cache)
+    o2, S_T2, cache2 = gla_attention(*sw[:4], form=form, initial_state=S0, layout="BTHK")
+    grads2 = gla_attention_backward(sw[4], dS_T, cache2)
+    np.testing.assert_array_equal(np.swapaxes(o2, 1, 2), o)
+    np.testing.assert_array_equal(S_T2, S_T)
+    for got, want in zip(grads2[:4], grads[:4]):
+        assert got.shape == (2, 6, 3, want.shape[3])
+        np.testing.assert_array_equal(np.swapaxes(got, 1, 2), want)
+    np.testing.assert_array_equal(grads2[4], grads[4])
+
+
+def test_state_shape_error_names_the_layout_the_shapes_look_like():
+    B, T, H, K, V = 1, 7, 2, 4, 5
+    q, v = np.zeros((B, T, H, K)), np.zeros((B, T, H, V))  # fla's layout
+    S0 = np.zeros((B, H, K, V))
+    with pytest.raises(ValueError, match=r"^initial_state: expected shape \(1, 7, 4, 5\).*look "
+                                         r"like the \(B, T, H, K\) layout \(BTHK\).*layout='BTHK'"):
+        gla_attention(q, q, v, q, initial_state=S0)
+    with pytest.raises(ValueError, match=r"look like the \(B, H, T, K\) layout \(BHTK\)"):
+        gla_attention(*(np.swapaxes(x, 1, 2) for x in (q, q, v, q)), initial_state=S0,
+                      layout="BTHK")
+    # a state that fits neither layout gets no hint
+    with pytest.raises(ValueError, match=r"^initial_state: expected shape \(1, 7, 4, 5\), got "
+                                         r"\(1, 3, 4, 5\)$"):
+        gla_attention(q, q, v, q, initial_state=np.zeros((1, 3, 4, 5)))
+
+
+def test_layout_is_checked_and_bthk_do_shape_is_named_in_its_layout():
+    with pytest.raises(ValueError, match=r"^layout: expected one of"):
+        gla_attention(Q, Q, Vv, Q, layout="BHKT")
+    _, _, cache = gla_attention(Q, Q, Vv, Q, layout="BTHK")  # (B, T, H, K) = (1, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"^do: expected shape \(1, 2, 3, 5\) \(B, T, H, V\)"):
+        gla_attention_backward(np.zeros((1, 3, 2, 5)), None, cache)
 
 
 @pytest.mark.parametrize("form", FORMS)
