@@ -9,6 +9,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gla_np import fla, lm
 from gla_np.model import GLAConfig
@@ -99,6 +101,21 @@ def test_round_trip_is_exact_with_key_and_value_sizes_differing(tmp_path, tied):
     ids = np.random.default_rng(2).integers(0, 11, (2, 5))
     np.testing.assert_array_equal(lm.forward(loaded, ids, loaded_config)[0],
                                   lm.forward(params, ids, config)[0])
+
+
+@given(heads=st.integers(1, 3), K=st.integers(1, 3), V=st.integers(1, 3),
+       D=st.integers(1, 6), layers=st.integers(1, 2), conv=st.booleans(), tied=st.booleans(),
+       F=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_round_trip_any_sizes(tmp_path_factory, heads, K, V, D, layers, conv, tied, F, seed):
+    config, params = _random_model(seed, embed_dim=D, hidden_size=D, num_layers=layers,
+                                   num_heads=heads, head_dim=K, value_head_dim=V,
+                                   intermediate_size=F, use_short_conv=conv,
+                                   tie_word_embeddings=tied, gate_rank=16)
+    folder = tmp_path_factory.mktemp("ckpt")
+    fla.save(folder, config, params)
+    loaded_config, loaded = fla.load(folder)
+    assert loaded_config == config and list(loaded) == list(params)
+    assert all(np.array_equal(loaded[k], params[k]) for k in params)
 
 
 def test_fla_layouts_and_names():
