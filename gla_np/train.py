@@ -88,7 +88,7 @@ def build_parser():
       help="stop after this many steps in total and save a checkpoint, as if interrupted "
            "(continue later with --resume); no held-out evaluation")
     a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
-    a("--log_every", type=int, default=100, help="print a progress line every this many steps")
+    a("--log_every", type=int, default=25, help="print a progress line every this many steps")
     a("--threads", type=int, default=1,
       help="BLAS threads (the command sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and "
            "MKL_NUM_THREADS and starts itself again, since BLAS reads them only at start-up); "
@@ -181,7 +181,7 @@ def evaluate(params, run, num_batches):
     return float(np.mean(losses)), correct / counted
 
 
-def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=100,
+def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=25,
           log=print):
     """Run (or continue) training; returns a dict with the params, metrics and timings."""
     _check_run({**run, "eval_batches": eval_batches, "log_every": log_every,
