@@ -66,6 +66,13 @@ def check_positive_int(name, value):
     return int(value)
 
 
+def check_nonnegative_int(name, value):
+    """Check that ``value`` is an int >= 0 (bools are refused), such as a seed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def check_positive_real(name, value):
     """Check that ``value`` is a finite real number > 0 (bools are refused); return a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (

@@ -15,9 +15,11 @@ batched over every chunk of every sequence and head). For the sub-chunk of rows 
   chunk, so b_t <= r <= b_u and
       exp(b_t - b_u) = exp(b_t - r) * exp(r - b_u)        both factors <= 1:
   the tiles are one matmul of (qs * exp(b - r)) and (k * exp(r - b)).
-* the diagonal tile (t, u both in the sub-chunk): no row lies between them, so it uses the
-  elementwise log-space formula, a (c, c, K) tensor exp(b_t - b_u) whose exponent is set to
-  -inf for u >= t BEFORE exp.
+* the diagonal tile (t, u both in the sub-chunk): its rows are queries and keys at once, and a
+  matmul needs one reference r for the whole tile with b_t <= r <= b_u for every query t and
+  key u; none exists (b decreases), and any shared r leaves a factor that grows like the naive
+  one over the sub-chunk. So it uses the elementwise log-space formula, a (c, c, K) tensor
+  exp(b_t - b_u) whose exponent is set to -inf for u >= t BEFORE exp.
 
 Every exponent evaluated is <= 0. The last sub-chunk may be shorter than c. The size c trades
 the elementwise diagonal work (c K per row) against the reference factors (about C K / (2 c)

@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from gla_np import block, gla_layer, model
-from gla_np._checks import check_positive_int
+from gla_np._checks import check_nonnegative_int, check_positive_int
 from gla_np._params import check_params
 from gla_np.model import GLAConfig
 
@@ -84,7 +84,7 @@ def _rng(seed, rng):
     if rng is not None and seed is not None:
         raise ValueError("rng: pass either seed or rng, not both")
     if rng is None:
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else check_nonnegative_int("seed", seed))
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected an np.random.Generator, got {type(rng).__name__}")
     return rng

@@ -1,8 +1,10 @@
 """The gated feed-forward part of a block (SwiGLU), with its own pre-norm, dropout and residual.
 
     zn = Norm(z)                                           (1)
-    sh = swish(zn W_gate),  u = zn W_up        (D, F)      (2) F = hidden_size * expand_factor
-    out = z + dropout((sh * u) W_down)         (F, D)      (3)
+    sh = swish(zn W_gate),  u = zn W_up        (D, F)      (2), (3) F = hidden_size * expand_factor
+    out = z + dropout((sh * u) W_down)         (F, D)      (4)-(6)
+
+(The numbers are those of docs/derivations/ffn.md, which writes each step on its own line.)
 
 One branch (the gate, ``sh``) decides how much of the other (the up branch, ``u``) passes: a
 gated linear unit with a swish gate. No biases, as in fla's ``GLAMLP``. Edifice's gated FFN has

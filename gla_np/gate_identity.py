@@ -4,9 +4,9 @@ The direct formula for the log-gate gradient, dg_t = a_t * rowsum(S^_t * S_{t-1}
 state S_{t-1} at every position. Without the states there is a closed form (paper section 4.3,
 plus the final-state term the paper leaves out):
 
-    dg_t = sum_{tau = t..T} (q_tau * dq_tau - k_tau * dk_tau)  +  rowsum(S_T * dS_T)
+    dg_t = sum_{t' = t..T} (q_t' * dq_t' - k_t' * dk_t')  +  rowsum(S_T * dS_T)
 
-The reverse cumulative sum is inclusive (tau starts at t). dq and dk are the complete gradients
+The reverse cumulative sum is inclusive (t' starts at t). dq and dk are the complete gradients
 of q and k (the query scale is inside dq). docs/derivations/gate-identity.md derives it from the
 direct formula in three lines.
 

@@ -8,11 +8,12 @@ and so does the pre-norm when it is LayerNorm:
     xn = Norm(x)                                            (1) pre-norm (RMSNorm or LayerNorm)
     q = xn W_q,  k = xn W_k   (H*K)     v = xn W_v  (H*V)   (2) optional: SiLU(short conv) on each
     g = gate(xn)                       (H, K), g <= 0       (3) see gla_np.gate
-    o = core(q, k, v, g)               per head             (4) scale K^-1/2 on q
-    u = RMSNorm_V(o) * swish(xn W_r)   (H*V)                (5) output norm and output gate
-    out = x + dropout(u W_o)           (D)                  (6)
+    o = core(q, k, v, g)               per head             (4)-(6) heads first, scale K^-1/2 on q
+    u = RMSNorm_V(o) * swish(xn W_r)   (H*V)                (7)-(9) output norm and output gate
+    out = x + dropout(u W_o)           (D)                  (10)-(11)
 
-The output norm (5) is RMSNorm over each head's V values with one weight of size V shared by all
+(The numbers are those of docs/derivations/gla-layer.md, which writes each step on its own line.)
+The output norm (7) is RMSNorm over each head's V values with one weight of size V shared by all
 heads, as in fla. The paper uses LayerNorm per head; we follow fla because it is what trained GLA
 checkpoints use, it has no bias to fight the output gate, and it is one op fewer to read. Its eps
 is fla's layer value, ``O_NORM_EPS`` = 1e-5 (the pre-norms use ``config.norm_eps``).
@@ -106,7 +107,7 @@ def _qkv_backward(dq, dk, dv, cache):
 
 
 class OutCache(NamedTuple):
-    """Children of the output path (5)-(6) before dropout, and the two factors of the product."""
+    """Children of the output path (7)-(10) before dropout, and the two factors of the product."""
 
     o_norm: Any  # RMSNormCache over (B, T, H, V)
     r_proj: Any  # LinearCache of xn W_r
@@ -117,7 +118,7 @@ class OutCache(NamedTuple):
 
 
 def _out_forward(params, o_tok, xn):
-    """(5) and the projection of (6): o_tok (B, T, H, V), xn (B, T, D) -> (B, T, D)."""
+    """(7)-(9) and the projection (10): o_tok (B, T, H, V), xn (B, T, D) -> (B, T, D)."""
     B, T, H, V = o_tok.shape
     on, c_onorm = rmsnorm.forward(o_tok, params["o_norm.w"], O_NORM_EPS)  # per head, shared w
     on = on.reshape(B, T, H * V)
@@ -148,9 +149,9 @@ class GLALayerCache(NamedTuple):
     norm: Any  # NormCache of (1)
     qkv: QKVCache  # (2)
     gate: Any  # GateCache (3)
-    core: Any  # cache of gla_attention (4)
-    out: OutCache  # (5), (6)
-    drop: Any  # DropoutCache (6)
+    core: Any  # cache of gla_attention (5)
+    out: OutCache  # (7)-(10)
+    drop: Any  # DropoutCache (11)
 
 
 def forward(params, x, config, *, training=False, rng=None):

@@ -22,6 +22,7 @@ See walkthrough.md, chapter 1, for a guided tour.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -86,23 +87,41 @@ def gradcheck(forward, backward, inputs, *, douts=None, sample=None, eps=1e-6, r
               gradient, or None for "no gradient on this output" (passed to backward as None).
               By default every output gets a standard normal upstream gradient.
     sample:   check at most this many randomly chosen entries of each input (all if None).
-    seed:     seeds the upstream gradients and the sample, from a stream distinct from
-              ``np.random.default_rng(seed)`` (so they never repeat a test's own draws).
-    rtol, atol: an input passes when max_abs_err <= max(atol, rtol * scale), where scale is the
+    seed:     an integer >= 0; seeds the upstream gradients and the sample, from a stream
+              distinct from ``np.random.default_rng(seed)`` (so they never repeat a test's own
+              draws).
+    eps:      the finite-difference step, a finite number > 0.
+    rtol, atol: finite numbers >= 0 (an infinite tolerance would pass any backward).
+              An input passes when max_abs_err <= max(atol, rtol * scale), where scale is the
               largest magnitude of the analytic or numeric gradient. atol defaults to the
               rounding noise of the difference quotient, eps_machine / eps * (1 + sum|y * dy|).
 
     Returns a GradcheckReport; raises GradcheckError naming every failing input unless
-    ``raise_error=False``.
+    ``raise_error=False``. Bad arguments of the checker itself (a step that is not a positive
+    finite number, a negative or infinite tolerance, a NaN input) raise ValueError naming them.
     """
+    for name, fn in (("forward", forward), ("backward", backward)):
+        if not callable(fn):
+            raise ValueError(f"{name}: expected a function, got {type(fn).__name__}")
     inputs = _check_inputs(inputs)
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, numbers.Integral)
                                or sample < 1):
         raise ValueError(f"sample: expected None or a positive integer, got {sample!r}")
+    if not _is_real(eps) or not 0 < eps < math.inf:
+        raise ValueError(f"eps: expected a finite number > 0 (the finite-difference step), "
+                         f"got {eps!r}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (tol is None and name == "atol") and not (_is_real(tol) and 0 <= tol < math.inf):
+            # an infinite tolerance passes every backward; a negative one fails every backward
+            raise ValueError(f"{name}: expected a finite number >= 0, got {tol!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if not isinstance(raise_error, bool):
+        raise ValueError(f"raise_error: expected True or False, got {raise_error!r}")
     # A stream of its own: plain default_rng(seed) would hand out the very numbers a test drew
     # for its inputs with the same seed, so dy could equal x, and x.T @ dy = x.T @ x is
     # symmetric, which hides a transposed weight gradient.
-    rng = np.random.default_rng([seed, _STREAM])
+    rng = np.random.default_rng([int(seed), _STREAM])
     originals = {name: x.copy() for name, x in inputs.items()}
 
     outputs, cache = _split(forward(**inputs))
@@ -178,8 +197,14 @@ def _check_inputs(inputs):
                              f"got {type(x).__name__}")
         if x.dtype != np.float64:
             raise ValueError(f"inputs[{name!r}]: gradcheck runs in float64, got {x.dtype}")
+        if not np.isfinite(x).all():  # else, NaN != NaN, it would look written into later
+            raise ValueError(f"inputs[{name!r}]: contains nan or inf; expected finite values")
         out[name] = x
     return out
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _split(result):
@@ -201,6 +226,8 @@ def _make_douts(outputs, douts, rng):
             d = np.asarray(d, dtype=np.float64)
             if d.shape != y.shape:
                 raise ValueError(f"douts[{i}]: expected shape {y.shape}, got {d.shape}")
+            if not np.isfinite(d).all():
+                raise ValueError(f"douts[{i}]: contains nan or inf; expected finite values")
         made.append(d)
     return made
 

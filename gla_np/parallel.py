@@ -129,9 +129,9 @@ def backward(do, d_final_state, cache):
 
     # forward (3): A[t,u] = scale * sum_i q_t[i] k_u[i] W[t,u,i]
     # so:  dq_t += scale sum_u dA[t,u] k_u W[t,u],  dk_u = scale sum_t dA[t,u] q_t W[t,u];
-    #      the past exponent G_t - G_u = g_{u+1} + ... + g_t gets dP[t,u] = scale dA q_t k_u W,
+    #      the past exponent G_t - G_u = g_{u+1} + ... + g_t gets dlogW[t,u] = scale dA q_t k_u W,
     #      whose row sums are q * dq_past and column sums k * dk_past, so
-    #      dg_r += sum_{t >= r, u < r} dP[t,u] = sum_{t >= r} (q * dq_past - k * dk_past)_t
+    #      dg_r += sum_{t >= r, u < r} dlogW[t,u] = sum_{t >= r} (q * dq_past - k * dk_past)_t
     dq_past = scale * np.einsum("bhtu,bhui,bhtui->bhti", dA, k, W_past)  # (B, H, T, K)
     dk_past = scale * np.einsum("bhtu,bhti,bhtui->bhui", dA, q, W_past)  # (B, H, T, K)
     dq = dq + dq_past + scale * dA_self[..., None] * k

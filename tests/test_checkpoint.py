@@ -130,3 +130,66 @@ def test_save_validates_and_loads_without_pickle(tmp_path):
     np.savez(tmp_path / "pickled.npz", format=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="pickled.npz"):
         checkpoint.load(tmp_path / "pickled.npz")
+
+
+# -- leftovers and file modes ----------------------------------------------------------------
+
+def test_a_killed_save_leaves_a_temp_file_that_the_next_save_removes(tmp_path):
+    """SIGKILL in the middle of a save (no cleanup can run) leaves our temporary file; the next
+    save of the same file removes it, so leftovers never pile up, and files of any other naming
+    are left alone."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "ckpt.npz"
+    _save(path)
+    before = path.read_bytes()
+    root = str(Path(__file__).resolve().parent.parent)
+    script = ("import os, signal, sys\n"
+              "from gla_np import checkpoint\n"
+              "def die(f, arrays):\n"
+              "    f.write(b'PK half a zip'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+              "checkpoint._write_arrays = die\n"
+              "checkpoint.save(sys.argv[1], config={}, params={'w': [1.0]})\n")
+    for _ in range(2):  # two killed saves: the second removes the first one's leftover
+        done = subprocess.run([sys.executable, "-c", script, str(path)],
+                              env={**os.environ, "PYTHONPATH": root})
+        assert done.returncode == -signal.SIGKILL
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".ckpt.npz.")
+    assert path.read_bytes() == before  # the kill never touched the checkpoint itself
+    others = [".other.npz.abcd1234.tmp", "ckpt.npz.tmp", ".ckpt.npz.notours.tmp", "notes.txt"]
+    for name in others:
+        (tmp_path / name).write_text("not ours")
+    _save(path, seed=1)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.npz", *others])
+
+
+def test_checkpoint_gets_the_mode_of_an_ordinary_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path / "ckpt.npz")
+        checkpoint.write_atomic(tmp_path / "notes.csv", lambda f: f.write(b"a,b\n"))
+        with open(tmp_path / "plain.txt", "w") as f:  # what open() gives a new file
+            f.write("x")
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777
+             for name in ("ckpt.npz", "notes.csv", "plain.txt")}
+    assert modes == {"ckpt.npz": 0o644, "notes.csv": 0o644, "plain.txt": 0o644}
+    assert (tmp_path / "notes.csv").read_bytes() == b"a,b\n"
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.csv"
+    checkpoint.write_atomic(path, lambda f: f.write(b"old\n"))
+
+    def fail(f):
+        f.write(b"new, half")
+        raise OSError(28, "No space left on device (simulated)")
+
+    with pytest.raises(OSError, match="simulated"):
+        checkpoint.write_atomic(path, fail)
+    assert path.read_bytes() == b"old\n" and os.listdir(tmp_path) == ["metrics.csv"]

@@ -90,3 +90,97 @@ def test_every_backward_links_its_derivation():
             f"{module.__name__}.backward: docstring links no docs/derivations/ page")
         for page in pages:
             assert (ROOT / page).is_file(), f"{module.__name__}.backward links missing {page}"
+
+
+# --- inline math must not turn into emphasis on GitHub -------------------------------------
+# GitHub renders Markdown with CommonMark rules: `*` and `_` next to letters open and close
+# emphasis, so "dg_t = a_t * rowsum(S^_t * S_{t-1})" written as prose comes out in italics
+# with its underscores eaten. Inline formulas belong in code spans. The check below applies the
+# CommonMark delimiter rules (left- and right-flanking runs) to the prose of every page, with
+# fences, code spans, links and HTML removed, and reports every pair of delimiters that would
+# become emphasis, unless the emphasised text is plain words (intended *italics*, **bold**).
+
+_FENCE_BLOCK = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+_LINK_TARGET = re.compile(r"\]\([^)]*\)")
+_HTML = re.compile(r"<[^>\n]+>")
+_DELIM = re.compile(r"\*+|_+")
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9 ,.:;'’\-]+")
+
+
+def _is_punct(ch):
+    import unicodedata
+    return unicodedata.category(ch)[0] in "PS"
+
+
+def _emphasis_spans(text):
+    """The (opener, closer, inner text) triples CommonMark would turn into emphasis."""
+    openers, found = [], []
+    for m in _DELIM.finditer(text):
+        if m.start() > 0 and text[m.start() - 1] == "\\":
+            continue  # an escaped delimiter is a literal character
+        ch, run = m.group()[0], m.group()
+        before = text[m.start() - 1] if m.start() > 0 else " "
+        after = text[m.end()] if m.end() < len(text) else " "
+        left = not after.isspace() and (not _is_punct(after) or before.isspace()
+                                        or _is_punct(before))
+        right = not before.isspace() and (not _is_punct(before) or after.isspace()
+                                          or _is_punct(after))
+        if ch == "*":
+            can_open, can_close = left, right
+        else:  # "_" may not open or close inside a word
+            can_open = left and (not right or _is_punct(before))
+            can_close = right and (not left or _is_punct(after))
+        if can_close:
+            for i in range(len(openers) - 1, -1, -1):
+                if openers[i][0] == ch:
+                    start = openers[i][1]
+                    found.append((text[start - len(openers[i][2]):m.end()],
+                                  text[start:m.start()]))
+                    del openers[i:]
+                    break
+            else:
+                if can_open:
+                    openers.append((ch, m.end(), run))
+                continue
+            continue
+        if can_open:
+            openers.append((ch, m.end(), run))
+    return found
+
+
+def _prose_blocks(text):
+    """Paragraphs of prose (and single table cells), with everything that is not prose removed."""
+    text = _FENCE_BLOCK.sub("\n", text)
+    text = _CODE_SPAN.sub("CODE", text)
+    text = _LINK_TARGET.sub("](L)", text)
+    text = _HTML.sub(" ", text)
+    blocks = []
+    for para in re.split(r"\n\s*\n", text):
+        if para.lstrip().startswith("|"):
+            for line in para.splitlines():
+                blocks.extend(line.split("|"))
+        else:
+            blocks.append(para)
+    return blocks
+
+
+def test_emphasis_checker_catches_formulas_and_spares_words():
+    assert _emphasis_spans("the running gradient S^_t, which S_{t-1} uses")
+    assert _emphasis_spans("shapes (D, H*K) and (H*K,) here")
+    assert _emphasis_spans("dg_t = a_t * rowsum(S^_t * S_{t-1}) and a*b")
+    assert not _emphasis_spans("plain q_t and k_t and dq_past_t inside words, a * b spaced")
+    assert not _emphasis_spans(r"escaped S^\_t and (q dq)\_t")
+    assert [inner for _, inner in _emphasis_spans("an *earlier code* row and **bold**")] == [
+        "earlier code", "bold"]
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=_id)
+def test_inline_formulas_do_not_render_as_emphasis(path):
+    bad = []
+    for block in _prose_blocks(path.read_text()):
+        for whole, inner in _emphasis_spans(block):
+            if not _PLAIN_WORDS.fullmatch(inner.strip()):
+                bad.append(whole if len(whole) < 80 else whole[:77] + "...")
+    assert not bad, (f"{_id(path)}: these render as emphasis on GitHub; put the formula in a "
+                     f"code span: {bad}")
