@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from gla_np import checkpoint, cross_entropy, lm, optim, tasks
+from gla_np import checkpoint, cross_entropy, data_parallel, lm, optim, tasks
 from gla_np.model import GLAConfig
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
@@ -89,10 +89,9 @@ def build_parser():
            "(continue later with --resume); no held-out evaluation")
     a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
     a("--log_every", type=int, default=25, help="print a progress line every this many steps")
-    a("--threads", type=int, default=1,
-      help="BLAS threads (the command sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and "
-           "MKL_NUM_THREADS and starts itself again, since BLAS reads them only at start-up); "
-           "at these sizes 1 is fastest, and far faster on a busy machine")
+    a("--threads", type=int, default=None,
+      help="threads per training step, each running a shard of the batch (gla_np."
+           "data_parallel); default: every core. BLAS itself runs one thread per shard")
     return p
 
 
@@ -182,8 +181,12 @@ def evaluate(params, run, num_batches):
 
 
 def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=25,
-          log=print):
-    """Run (or continue) training; returns a dict with the params, metrics and timings."""
+          log=print, threads=None):
+    """Run (or continue) training; returns a dict with the params, metrics and timings.
+
+    ``threads`` shards each step's batch over that many threads (None: every core); the shards'
+    gradients are combined exactly (gla_np.data_parallel), so it changes speed and rounding only.
+    """
     _check_run({**run, "eval_batches": eval_batches, "log_every": log_every,
                 **({} if stop_after is None else {"stop_after": stop_after})})
     config = model_config(run)
@@ -209,9 +212,9 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
     window_t, window_steps = t0, 0
     for step in range(start, stop):
         ids, targets = batch(run, STREAM_DATA, step)
-        loss, grads, logits = lm.loss_and_grads(params, ids, targets, config,
-                                                training=run["dropout"] > 0,
-                                                rng=_rng(run, STREAM_DROPOUT, step))
+        loss, grads, logits = data_parallel.loss_and_grads(
+            params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
+            rng=_rng(run, STREAM_DROPOUT, step))
         grads, grad_norm = optim.clip_by_global_norm(grads, run["clip"])
         lr = optim.warmup_cosine(step, peak_lr=run["lr"], warmup_steps=run["warmup"],
                                  total_steps=run["steps"], min_lr=run["min_lr"])
@@ -220,7 +223,7 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
         if (step + 1) % log_every == 0 or step + 1 == stop:
             now = time.perf_counter()
             per_step = (now - window_t) / window_steps
-            acc = tasks.accuracy(logits, targets)
+            acc = tasks.accuracy(logits, targets[targets != tasks.IGNORE])  # logits: (n, V)
             row = {"step": step + 1, "split": "train", "loss": loss, "accuracy": acc, "lr": lr,
                    "grad_norm": grad_norm,
                    "tokens_per_sec": ids.size / per_step,
@@ -261,27 +264,25 @@ def main(argv=None):
     try:
         run = _resolve_run(args, parser)
         return train(run, out=args.out, resume=args.resume, stop_after=args.stop_after,
-                     eval_batches=args.eval_batches, log_every=args.log_every)
+                     eval_batches=args.eval_batches, log_every=args.log_every,
+                     threads=args.threads)
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def _relaunch_for_threads(argv):
-    """Start the command again with the BLAS thread variables set, unless they already are.
+    """Start the command again with ``data_parallel.PROCESS_ENV`` set, unless it already is.
 
     NumPy's BLAS reads its thread count once, when NumPy is imported, which has happened before
-    this module runs. The matrices here are small (64 x 64 and the like): a second BLAS thread
-    gains little when the machine is quiet and, busy-waiting for a core, costs up to ten times
-    the step time when it is not (measured, docs/experiments.md).
+    this module runs, and glibc reads its malloc settings when the process starts. The
+    matrices here are small (64 x 64 and the like): data parallel threads use the cores better
+    than BLAS threads, and a second BLAS thread in each shard's thread would oversubscribe the
+    cores and spin (measured, docs/performance.md).
     """
-    args = build_parser().parse_args(argv)  # --help and bad options exit here, before relaunch
-    want = str(args.threads)
-    if all(os.environ.get(name) == want for name in THREAD_VARS):
+    build_parser().parse_args(argv)  # --help and bad options exit here, before relaunch
+    if all(os.environ.get(name) == value for name, value in data_parallel.PROCESS_ENV.items()):
         return
-    env = {**os.environ, **{name: want for name in THREAD_VARS}}
+    env = {**os.environ, **data_parallel.PROCESS_ENV}
     os.execve(sys.executable, [sys.executable, "-m", "gla_np.train", *argv], env)
 
 
