@@ -15,7 +15,10 @@ namespace: ``linear.forward(x, W, b)``, ``recurrent.backward(do, dS_T, cache)``.
 5. Training: ``optim`` (SGD, Adam, AdamW, clipping, schedule), ``tasks`` (MQAR, copying,
    selective copying), ``lm`` (the token-level model), ``checkpoint``, and the command
    ``python -m gla_np.train``.
-6. fla's models: ``fla`` loads a checkpoint of fla's ``GLAForCausalLM`` into ``lm``'s params
+6. Checking another GLA implementation: ``testing`` (``reference``, ``assert_close``, hypothesis
+   strategies) and ``python -m gla_np.golden`` (golden cases for any language); imported on
+   demand, ``from gla_np import testing``.
+7. fla's models: ``fla`` loads a checkpoint of fla's ``GLAForCausalLM`` into ``lm``'s params
    and saves one that fla loads.
 """
 
