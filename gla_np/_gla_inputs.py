@@ -96,9 +96,10 @@ def _check_sequence_shape(name, x, expected, layout):
     try:
         check_shape(name, x, expected)
     except ValueError as err:
+        if len(expected) != 4 or len(x.shape) != 4 or expected[1] == expected[2]:
+            raise
         swapped = (expected[0], expected[2], expected[1], expected[3])
-        if len(expected) == 4 and expected[1] != expected[2] and len(x.shape) == 4 and all(
-                e is None or e == s for s, e in zip(x.shape, swapped)):
+        if all(e is None or e == s for s, e in zip(x.shape, swapped)):
             other = OTHER_LAYOUT[layout]
             raise ValueError(f"{err}; {name} looks like the {SPELLED[other]} layout ({other}) "
                              f"while the others are {SPELLED[layout]} ({layout}): transpose "
