@@ -223,7 +223,7 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
         if (step + 1) % log_every == 0 or step + 1 == stop:
             now = time.perf_counter()
             per_step = (now - window_t) / window_steps
-            acc = tasks.accuracy(logits, targets)
+            acc = tasks.accuracy(logits, targets[targets != tasks.IGNORE])  # logits: (n, V)
             row = {"step": step + 1, "split": "train", "loss": loss, "accuracy": acc, "lr": lr,
                    "grad_norm": grad_norm,
                    "tokens_per_sec": ids.size / per_step,
