@@ -154,6 +154,9 @@ def write_cases(path, *, layout="BHTK", dtype="float32", chunk_size=64):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **flat)
+        umask = os.umask(0)  # mkstemp makes the file private (0600): give it an ordinary mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -116,6 +116,13 @@ def test_packed_case_is_the_sequences_run_one_by_one(files):
         assert (np.abs(out["dg"] - case["dg"][:, seg]) <= case["bound_dg"][:, seg]).all()
 
 
+def test_the_file_gets_an_ordinary_mode_not_the_temporary_files(tmp_path):
+    out, plain = tmp_path / "cases.npz", tmp_path / "plain"
+    plain.write_bytes(b"")  # what open() gives under the current umask
+    golden.write_cases(str(out))
+    assert (out.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     out = tmp_path / "cases.npz"
     out.write_bytes(b"old")
