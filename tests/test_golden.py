@@ -151,3 +151,20 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys, argv, pattern):
     assert info.value.code == 2
     assert pattern in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_bfloat16_cases_hold_bfloat16_values_and_bf16_rounded_outputs_pass():
+    """NumPy has no bfloat16: the file stores float32 values whose low 16 bits are 0. A kernel
+    whose outputs are rounded to bfloat16 (a float32 kernel, then the cast) passes the bounds."""
+    for name, case in golden.make_cases(layout="BTHK", dtype="bfloat16").items():
+        for key in ("q", "k", "v", "g"):
+            assert case[key].dtype == np.float32
+            assert not (case[key].view(np.uint32) & 0xFFFF).any(), (name, key)
+        if "cu_seqlens" in case:
+            continue
+        out = pk.gla_np_chunked(64)(*(case.get(n) for n in ARGS), np.float32(case["scale"]))
+        for key, x in out.items():
+            x = golden._round_to_bfloat16(x)
+            assert (np.abs(x - case[key]) <= case["bound_" + key]).all(), (name, key)
+    assert golden._round_to_bfloat16(np.float32(1 + 2 ** -8)) == 1.0  # a tie goes to even
+    assert golden._round_to_bfloat16(np.float32(1 + 3 * 2 ** -9)) == 1 + 2 ** -7
