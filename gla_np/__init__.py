@@ -15,6 +15,9 @@ namespace: ``linear.forward(x, W, b)``, ``recurrent.backward(do, dS_T, cache)``.
 5. Training: ``optim`` (SGD, Adam, AdamW, clipping, schedule), ``tasks`` (MQAR, copying,
    selective copying), ``lm`` (the token-level model), ``checkpoint``, and the command
    ``python -m gla_np.train``.
+6. Checking another GLA implementation: ``testing`` (``reference``, ``assert_close``, hypothesis
+   strategies) and ``python -m gla_np.golden`` (golden cases for any language); imported on
+   demand, ``from gla_np import testing``.
 """
 
 from gla_np.gradcheck import GradcheckError, GradcheckReport, TensorCheck, gradcheck

@@ -109,7 +109,8 @@ def backward(dloss, cache):
     scale = _check_dloss(dloss) / max(cache.count, 1)
     # forward: nll[p] = logsumexp(z[p]) - z[p, t[p]],  loss = sum_counted nll / n
     # so: dnll[p] = dloss / n on counted p (0 elsewhere), dz[p] = dnll[p] * (probs[p] - onehot)
-    dnll = cache.counted.astype(cache.probs.dtype) * scale  # (...), logits' dtype
+    dtype = cache.probs.dtype  # scale as a scalar of that dtype: a Python float would make a
+    dnll = cache.counted.astype(dtype) * dtype.type(scale)  # 0-d dnll float64 under NumPy 1.x
     onehot = np.zeros_like(cache.probs)  # (..., vocab)
     np.put_along_axis(onehot, cache.targets[..., None], 1, axis=-1)
     with np.errstate(under="ignore"):  # a tiny probability times dloss / n may underflow to 0

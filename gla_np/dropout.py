@@ -52,7 +52,9 @@ def forward(x, rate, rng=None, training=True):
                          f"got {type(rng).__name__}")
 
     keep = rng.random(x.shape) >= rate  # (x.shape) bool, True with probability 1 - rate
-    y = x * keep / (1.0 - rate)  # keeps x.dtype: the bool mask and the Python float adapt to x
+    # keeps x.dtype: the bool mask adapts to x, and 1 - rate is made a scalar of x's dtype (a
+    # Python float would turn a 0-d float32 x into float64 under NumPy 1.x's promotion rules)
+    y = x * keep / x.dtype.type(1.0 - rate)
     return y, DropoutCache(keep, rate, x.shape, x.dtype)
 
 
@@ -77,4 +79,4 @@ def backward(dy, cache):
         # forward: y = x   so: dx = dy (a copy: the caller may write into dx, not into dy)
         return dy.copy()
     # forward: y = x * keep / (1 - rate)   so: dx = dy * keep / (1 - rate)
-    return dy * cache.keep / (1.0 - cache.rate)  # keeps dy's dtype, which is x's
+    return dy * cache.keep / dy.dtype.type(1.0 - cache.rate)  # keeps dy's dtype, which is x's

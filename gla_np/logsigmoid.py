@@ -32,8 +32,9 @@ class LogsigmoidCache(NamedTuple):
 def forward(x):
     """y = log sigma(x), elementwise; y <= 0. x: any shape, float32 or float64."""
     x = check_array("x", x)
+    zero = x.dtype.type(0)  # a typed 0 keeps a 0-d float32 float32 under NumPy 1.x too
     with np.errstate(under="ignore"):  # exp(-|x|) underflows to 0 for large |x|: correct
-        y = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+        y = np.minimum(x, zero) - np.log1p(np.exp(-np.abs(x)))
     s_neg = stable_sigmoid(-x)
     return y, LogsigmoidCache(s_neg)
 

@@ -118,8 +118,8 @@ class SGD:
         new_params, new_state = {}, {"step": np.array(int(state["step"]) + 1, dtype=np.int64)}
         for key, p in params.items():
             b = self.momentum * state["b/" + key] + grads[key]  # b_t = mu b_{t-1} + g_t
-            new_state["b/" + key] = b
-            new_params[key] = p - lr * b
+            new_state["b/" + key] = b = b.astype(p.dtype, copy=False)  # (see _update on dtype)
+            new_params[key] = (p - lr * b).astype(p.dtype, copy=False)
         return new_params, new_state
 
 
@@ -153,7 +153,9 @@ class Adam:
         """Adam on every parameter, after multiplying those in ``decayed`` by (1 - lr * wd)."""
         t = int(state["step"]) + 1
         # Bias corrections in float64 Python scalars; they are weak scalars in NumPy's
-        # promotion rules, so float32 parameters stay float32.
+        # promotion rules, so float32 parameters stay float32. Under NumPy 1.x a 0-d float32
+        # parameter combined with a Python float becomes float64: the astype calls below
+        # (free when the dtype already matches) keep every slot in the parameter's dtype.
         correction1 = 1.0 - self.beta1 ** t
         correction2 = 1.0 - self.beta2 ** t
         new_params, new_state = {}, {"step": np.array(t, dtype=np.int64)}
@@ -161,12 +163,14 @@ class Adam:
             g = grads[key]
             m = self.beta1 * state["m/" + key] + (1.0 - self.beta1) * g
             v = self.beta2 * state["v/" + key] + (1.0 - self.beta2) * (g * g)
+            m, v = m.astype(p.dtype, copy=False), v.astype(p.dtype, copy=False)
             new_state["m/" + key], new_state["v/" + key] = m, v
             if key in decayed:
                 p = p * (1.0 - lr * weight_decay)  # decoupled: before, and outside, m and v
             m_hat = m / correction1
             v_hat = v / correction2
-            new_params[key] = p - lr * m_hat / (np.sqrt(v_hat) + self.eps)
+            new_params[key] = (p - lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(
+                p.dtype, copy=False)
         return new_params, new_state
 
 
@@ -223,7 +227,8 @@ def clip_by_global_norm(grads, max_norm):
     if norm <= max_norm:
         return dict(grads), norm
     scale = max_norm / norm
-    return {key: g * scale for key, g in grads.items()}, norm
+    # astype: a 0-d float32 gradient times a Python float is float64 under NumPy 1.x
+    return {key: (g * scale).astype(g.dtype, copy=False) for key, g in grads.items()}, norm
 
 
 def _check_params_finite_keys(grads):

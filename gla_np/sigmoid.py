@@ -12,6 +12,11 @@ or -709 (float64). We only ever evaluate exp(-|x|), which lies in (0, 1]:
 For |x| large, e underflows to 0 and the result is exactly 1 or 0: the correctly rounded answer.
 Underflow is the right outcome there, so it is the one floating-point flag we silence (with
 ``np.errstate(under="ignore")``), so that even ``np.seterr(all="raise")`` stays quiet.
+
+dtype. The constant 1 is written in x's own dtype (``one = x.dtype.type(1)``), not as the Python
+float ``1.0``. NumPy 2 adapts a Python float to the array, but NumPy 1.x promotes a 0-d float32
+array (or NumPy scalar) combined with a Python float to float64. With a typed constant the
+result keeps x's dtype under both rules, for every shape including ``()``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from gla_np._checks import check_array, check_same_dtype, check_shape
 
 def stable_sigmoid(x):
     """sigma(x) for an ndarray, without overflow; no checks, no cache. Keeps ``x``'s dtype."""
+    one = x.dtype.type(1)  # 1 in x's dtype (see the module docstring: NumPy 1.x and 0-d inputs)
     with np.errstate(under="ignore"):
         e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+        return np.where(x >= 0, one / (one + e), e / (one + e))
 
 
 class SigmoidCache(NamedTuple):
@@ -58,6 +64,7 @@ def backward(dy, cache):
     check_same_dtype(dy=dy, y=y)
 
     # forward: y = 1 / (1 + exp(-x))   so: dy/dx = exp(-x) / (1 + exp(-x))^2 = y * (1 - y)
+    one = y.dtype.type(1)  # a typed 1 keeps a 0-d float32 float32 under NumPy 1.x too
     with np.errstate(under="ignore"):
-        dx = dy * y * (1.0 - y)
+        dx = dy * y * (one - y)
     return dx

@@ -48,6 +48,7 @@ def backward(dy, cache):
 
     # forward: y = x * s,  s = sigma(x),  ds/dx = s * (1 - s)
     # so:      dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
+    one = x.dtype.type(1)  # a typed 1 keeps a 0-d float32 float32 under NumPy 1.x too
     with np.errstate(under="ignore"):
-        dx = dy * s * (1.0 + x * (1.0 - s))
+        dx = dy * s * (one + x * (one - s))
     return dx

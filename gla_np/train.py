@@ -41,10 +41,11 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
-from gla_np import _train_checks, checkpoint, cross_entropy, lm, optim, tasks
+from gla_np import _train_checks, checkpoint, cross_entropy, data_parallel, lm, optim, tasks
 from gla_np.model import GLAConfig
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
@@ -55,8 +56,9 @@ RUN_OPTIONS = ("task", "seq_len", "num_pairs", "num_tokens", "vocab_size", "step
 STREAM_DATA, STREAM_DROPOUT, STREAM_EVAL, STREAM_INIT = 0, 1, 2, 3
 CSV_FIELDS = ("step", "split", "loss", "accuracy", "lr", "grad_norm", "tokens_per_sec",
               "elapsed_sec")
-# Options that shape only the files: saved with the run, reused on resume unless given again.
-SESSION_SAVED = ("log_every", "save_every")
+# Options that shape the files or the last bits of the numbers (threads: the shards' rounding
+# and, with dropout, their masks): saved with the run, reused on resume unless given again.
+SESSION_SAVED = ("log_every", "save_every", "threads")
 CHECKPOINT, METRICS = "checkpoint.npz", "metrics.csv"
 
 
@@ -110,10 +112,9 @@ def build_parser():
     a("--save_every", type=int, default=250,
       help="save a checkpoint every this many steps (and always at the end and on Ctrl-C)")
     a("--log_every", type=int, default=100, help="print a progress line every this many steps")
-    a("--threads", type=int, default=1,
-      help="BLAS threads (the command sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and "
-           "MKL_NUM_THREADS and starts itself again, since BLAS reads them only at start-up); "
-           "at these sizes 1 is fastest, and far faster on a busy machine")
+    a("--threads", type=int, default=None,
+      help="threads per training step, each running a shard of the batch (gla_np."
+           "data_parallel); default: every core. BLAS itself runs one thread per shard")
     return p
 
 
@@ -285,8 +286,12 @@ def _print(line):
 
 
 def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=250,
-          log=_print, should_stop=None):
+          threads=None, log=_print, should_stop=None):
     """Run (or continue) training; returns a dict with the params, metrics and timings.
+
+    ``threads`` shards each step's batch over that many threads (None: every core); the shards'
+    gradients are combined exactly (gla_np.data_parallel), so it changes speed and rounding
+    only (and, with dropout, the masks drawn).
 
     ``should_stop()`` (checked before every step and between held-out batches) returns a
     signal number to stop at, or None; ``main`` wires it to SIGINT and SIGTERM. Raises
@@ -294,13 +299,15 @@ def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=2
     what can be saved.
     """
     _train_checks.check_run(run)
+    threads = data_parallel.default_threads() if threads is None else threads
     _train_checks.check_session({"log_every": log_every, "save_every": save_every,
-                                 "stop_after": stop_after})
+                                 "stop_after": stop_after, "threads": threads})
     config = model_config(run)
     opt = optim.AdamW(weight_decay=run["weight_decay"])
     params = lm.init_params(config, run["vocab_size"], _rng(run, STREAM_INIT, 0))
     opt_state = opt.init(params)
-    folder = RunFolder(out, run, {"log_every": log_every, "save_every": save_every})
+    folder = RunFolder(out, run, {"log_every": log_every, "save_every": save_every,
+                                  "threads": threads})
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
         params, opt_state, start, history, elapsed_before = _load_resume(
@@ -332,7 +339,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=2
         ids, targets = batch(run, STREAM_DATA, step)
         try:
             loss, grads, logits, grad_norm, lr, new_params, new_state = _step(
-                run, config, opt, params, opt_state, ids, targets, step, folder)
+                run, config, opt, params, opt_state, ids, targets, step, folder, threads)
         except MemoryError:
             held = _save_finished(folder, step, params, opt_state, history, elapsed())
             raise RunStopped(f"out of memory at step {step + 1} of {run['steps']}; {held}; "
@@ -342,7 +349,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=2
         if (step + 1) % log_every == 0 or step + 1 == stop:
             now = time.perf_counter()
             per_step = (now - window_t) / window_steps
-            acc = tasks.accuracy(logits, targets)
+            acc = tasks.accuracy(logits, targets[targets != tasks.IGNORE])  # logits: (n, V)
             row = {"step": step + 1, "split": "train", "loss": loss, "accuracy": acc, "lr": lr,
                    "grad_norm": grad_norm,
                    "tokens_per_sec": ids.size / per_step,
@@ -383,14 +390,17 @@ def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=2
     return result
 
 
-def _step(run, config, opt, params, opt_state, ids, targets, step, folder):
+def _step(run, config, opt, params, opt_state, ids, targets, step, folder, threads):
     """One training step with every quantity checked: a nan or inf loss, gradient or parameter
     stops the run (RunStopped) naming the step and the quantity, before any state changes."""
-    with np.errstate(all="ignore"):  # non-finite values are checked below, by name
+    # Non-finite values are checked below, by name: no NumPy warnings (errstate for this
+    # thread, the filter for the shards' threads).
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            loss, grads, logits = lm.loss_and_grads(params, ids, targets, config,
-                                                    training=run["dropout"] > 0,
-                                                    rng=_rng(run, STREAM_DROPOUT, step))
+            loss, grads, logits = data_parallel.loss_and_grads(
+                params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
+                rng=_rng(run, STREAM_DROPOUT, step))
         except ValueError as err:  # a layer's own check of its (internal) input
             if "nan or inf" not in str(err):
                 raise
@@ -558,26 +568,19 @@ def main(argv=None):
                         f"were\n")
 
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def _relaunch_for_threads(argv):
-    """Start the command again with the BLAS thread variables set, unless they already are.
+    """Start the command again with ``data_parallel.PROCESS_ENV`` set, unless it already is.
 
     NumPy's BLAS reads its thread count once, when NumPy is imported, which has happened before
-    this module runs. The matrices here are small (64 x 64 and the like): a second BLAS thread
-    gains little when the machine is quiet and, busy-waiting for a core, costs up to ten times
-    the step time when it is not (measured, docs/experiments.md).
+    this module runs, and glibc reads its malloc settings when the process starts. The
+    matrices here are small (64 x 64 and the like): data parallel threads use the cores better
+    than BLAS threads, and a second BLAS thread in each shard's thread would oversubscribe the
+    cores and spin (measured, docs/performance.md).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)  # --help and bad options exit here, before relaunch
-    if args.threads < 1:  # OPENBLAS_NUM_THREADS=0 would mean "every core"
-        parser.exit(2, f"{parser.prog}: error: --threads: expected an integer >= 1, got "
-                       f"{args.threads}\n")
-    want = str(args.threads)
-    if all(os.environ.get(name) == want for name in THREAD_VARS):
+    build_parser().parse_args(argv)  # --help and bad options exit here, before relaunch
+    if all(os.environ.get(name) == value for name, value in data_parallel.PROCESS_ENV.items()):
         return
-    env = {**os.environ, **{name: want for name in THREAD_VARS}}
+    env = {**os.environ, **data_parallel.PROCESS_ENV}
     os.execve(sys.executable, [sys.executable, "-m", "gla_np.train", *argv], env)
 
 

@@ -100,6 +100,16 @@ def test_dloss_scales_gradient_and_none_means_zero():
                                rtol=1e-15)
 
 
+@pytest.mark.parametrize("shape", [(), (4,), (2, 3)], ids=["one-position", "4", "2x3"])
+def test_float32_keeps_dtype(shape):
+    # One position gives 0-d intermediates, which NumPy 1.x would promote with a Python float.
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal(shape + (5,)).astype(np.float32)
+    loss, cache = cross_entropy.forward(logits, rng.integers(0, 5, size=shape))
+    dlogits = cross_entropy.backward(0.5, cache)
+    assert loss.dtype == np.float32 and dlogits.dtype == np.float32
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_stable_for_huge_logits(dtype):
     rng = np.random.default_rng(6)

@@ -69,9 +69,10 @@ def test_identity_uses_no_randomness(rate, training):
     assert np.array_equal(y_none, x)
 
 
+@pytest.mark.parametrize("shape", [(), (3, 4)], ids=["0d", "3x4"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_float32_keeps_dtype(training):
-    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+def test_float32_keeps_dtype(training, shape):
+    x = np.asarray(np.random.default_rng(0).standard_normal(shape), dtype=np.float32)
     y, cache = dropout.forward(x, 0.4, np.random.default_rng(1), training=training)
     dx = dropout.backward(np.ones_like(y), cache)
     assert y.dtype == np.float32 and dx.dtype == np.float32

@@ -108,8 +108,9 @@ def test_adamw_custom_decay_rule():
 def test_step_is_pure_and_keeps_float32(opt):
     rng = np.random.default_rng(0)
     params = {"w": rng.standard_normal((3, 2)).astype(np.float32),
-              "b": rng.standard_normal(2).astype(np.float32)}
-    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+              "b": rng.standard_normal(2).astype(np.float32),
+              "s": np.asarray(0.3, dtype=np.float32)}  # 0-d: NumPy 1.x promotes it most easily
+    grads = {k: np.asarray(rng.standard_normal(v.shape), np.float32) for k, v in params.items()}
     state = opt.init(params)
     copies = [{k: v.copy() for k, v in d.items()} for d in (params, grads, state)]
     new_params, new_state = opt.step(params, grads, state, 1e-2)

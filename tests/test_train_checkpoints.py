@@ -11,7 +11,7 @@ from gla_np import checkpoint, train
 
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2"]
+        "--eval_batches", "2", "--threads", "1"]
 SAME = ("step", "split", "loss", "accuracy", "lr", "grad_norm")  # all but the timings
 
 

@@ -16,7 +16,7 @@ from gla_np import _train_checks, checkpoint, lm, train
 ROOT = str(Path(__file__).resolve().parent.parent)
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2", "--steps", "4"]
+        "--eval_batches", "2", "--threads", "1", "--steps", "4"]
 
 
 def _refused(argv, capsys):

@@ -12,19 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gla_np import checkpoint, train
+from gla_np import checkpoint, data_parallel, train
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2"]
+        "--eval_batches", "2", "--threads", "1"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_and_exits_without_traceback(tmp_path, signum):
-    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
-    for name in train.THREAD_VARS:
-        env[name] = "1"  # no relaunch needed (it would keep the process id anyway)
+    # PROCESS_ENV set: no relaunch needed (it would keep the process id anyway)
+    env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
                              "--log_every", "1", "--save_every", "1000", "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
