@@ -5,6 +5,11 @@
     logits = h W_head                    (B, T, V)   gla_np.linear, no bias     (3)
     loss   = mean CE(logits, targets)    scalar      over target positions only (4)
 
+``loss_and_grads`` runs the head (3) and the loss (4) only at the target positions: the others
+add nothing to the loss, so their logits are never needed (on MQAR, 8 positions of 64 ask
+something). ``forward(..., positions=mask)`` is that selection: logits (n, V) for the n
+positions where ``mask`` is True, in row-major order, and backward puts zero at the others.
+
 The model's ``embed_dim`` must equal its ``hidden_size`` (the embedding already has the model's
 width, so the stack needs no input projection). The stack ends with its own norm, so the head
 reads normalised features. Params: ``"embedding.weight"`` (V, D), the stack's own names (from
@@ -67,12 +72,14 @@ class LMCache(NamedTuple):
     embedding: Any  # EmbeddingCache of (1)
     stack: Any  # the model's cache of (2)
     head: Any  # LinearCache of (3)
+    positions: Any  # bool (B, T): where the head ran; None: everywhere
 
 
-def forward(params, ids, config, *, training=False, rng=None):
+def forward(params, ids, config, *, training=False, rng=None, positions=None):
     """ids: int (B, T), values in [0, vocab). Returns ``(logits, cache)``, logits (B, T, V).
 
-    ``training`` turns dropout on; it then draws from ``rng``.
+    ``training`` turns dropout on; it then draws from ``rng``. ``positions``, a bool (B, T)
+    array, runs the head only where it is True: logits are then (n, V), n = positions.sum().
     """
     _check_config(config)
     for name in (EMBEDDING, HEAD):
@@ -81,11 +88,18 @@ def forward(params, ids, config, *, training=False, rng=None):
     ids = np.asarray(ids)
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (B, T), got {ids.shape}")
+    if positions is not None:
+        positions = np.asarray(positions)
+        if positions.dtype != bool or positions.shape != ids.shape:
+            raise ValueError(f"positions: expected a bool array of the ids' shape {ids.shape}, "
+                             f"got {positions.dtype} {positions.shape}")
     x, c_emb = embedding.forward(ids, params[EMBEDDING])  # (B, T, D)
     h, c_stack = model.forward(_stack(params), x, config, training=training, rng=rng,
                                return_sequence=True)  # (B, T, D)
-    logits, c_head = linear.forward(h, params[HEAD])  # (B, T, V)
-    return logits, LMCache(c_emb, c_stack, c_head)
+    if positions is not None:
+        h = h[positions]  # (n, D): only the rows the head is asked for
+    logits, c_head = linear.forward(h, params[HEAD])  # (B, T, V), or (n, V) with positions
+    return logits, LMCache(c_emb, c_stack, c_head, positions)
 
 
 def backward(dlogits, cache):
@@ -99,6 +113,10 @@ def backward(dlogits, cache):
     docs/derivations/embedding.md (and docs/derivations/cross_entropy.md for dlogits).
     """
     dh, dW_head, _ = linear.backward(dlogits, cache.head)
+    if cache.positions is not None:
+        # forward: the head read h[positions]   so: dh is the head's dh there, zero elsewhere
+        dh_rows, dh = dh, np.zeros((*cache.positions.shape, dh.shape[-1]), dtype=dh.dtype)
+        dh[cache.positions] = dh_rows  # (B, T, D)
     dx, grads = model.backward(dh, cache.stack)
     dE = embedding.backward(dx, cache.embedding)
     return {EMBEDDING: dE, **grads, HEAD: dW_head}
@@ -108,9 +126,16 @@ def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
     """Forward, loss (4) and backward in one call. Returns ``(loss, grads, logits)``.
 
     targets: int (B, T) with ``tasks.IGNORE`` (-100) where nothing is asked. ``loss`` is a
-    Python float, the mean cross-entropy over the target positions.
+    Python float, the mean cross-entropy over the target positions. The head and the loss run
+    only at the target positions (module docstring): ``logits`` are theirs, (n, V) in row-major
+    order, so ``tasks.accuracy(logits, targets[targets != -100])`` is the batch's accuracy.
     """
-    logits, cache = forward(params, ids, config, training=training, rng=rng)
-    loss, c_loss = cross_entropy.forward(logits, targets, ignore_index=-100)
-    dlogits = cross_entropy.backward(1.0, c_loss)  # (B, T, V)
+    targets = np.asarray(targets)
+    if targets.shape != np.shape(ids):
+        raise ValueError(f"targets: expected the ids' shape {np.shape(ids)}, "
+                         f"got {targets.shape}")
+    asked = targets != -100  # (B, T) bool
+    logits, cache = forward(params, ids, config, training=training, rng=rng, positions=asked)
+    loss, c_loss = cross_entropy.forward(logits, targets[asked], ignore_index=-100)
+    dlogits = cross_entropy.backward(1.0, c_loss)  # (n, V)
     return float(loss), backward(dlogits, cache), logits
