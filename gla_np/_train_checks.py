@@ -168,21 +168,23 @@ def step_memory(run):
     their gradients, AdamW's two moments, the updated parameters).
 
     The coefficients count arrays of each size that are alive at the peak; they were fitted to
-    tracemalloc's peak over 40 random configurations (within a factor 0.9 to 1.35), and
+    tracemalloc's peak over 48 random configurations (within a factor 0.8 to 1.2), and
     tests/test_train_options.py checks a few configurations against tracemalloc again.
     """
     B, T, D, H, K = run["batch_size"], run["seq_len"], run["hidden"], run["heads"], run["head_dim"]
     L, F, V = run["layers"], run["expand"] * run["hidden"], run["vocab_size"]
     n = B * T  # tokens per step
+    asked = B * (run["num_pairs"] if run["task"] == "mqar" else run["num_tokens"])  # targets
     if run["form"] == "recurrent":
-        form = 2 * L * B * H * (T + 1) * K * K  # every state S_t, kept per layer
+        form = 1.5 * L * B * H * (T + 1) * K * K  # every state S_t, kept per layer
     elif run["form"] == "parallel":
         form = 3 * B * H * T * T * K  # the decay tensor and its kin, one layer at a time
     else:
         C = min(64, T)
         N = -(-T // C)
-        form = 2.5 * (L * B * H * (N + 1) * K * K + B * H * N * C * min(8, C) * K)
-    entries = 4 * n * V + n * L * (11 * D + 7 * F + 15 * H * K) + form
+        form = 3 * (L * B * H * (N + 1) * K * K + B * H * N * C * min(8, C) * K)
+    # the head's logits exist only at the target positions (lm.loss_and_grads)
+    entries = 5 * asked * V + n * L * (11 * D + 7 * F + 15 * H * K) + form
     return int(entries * _itemsize(run) + 5 * param_bytes(run))
 
 

@@ -182,7 +182,8 @@ def test_memory_refusal_follows_the_memory_available(tmp_path, capsys, monkeypat
 @pytest.mark.parametrize("extra", [
     [], ["--form", "parallel"], ["--form", "recurrent", "--layers", "2"],
     ["--dtype", "float64", "--seq_len", "40", "--vocab_size", "64", "--expand", "4"],
-], ids=["chunk", "parallel", "recurrent-2-layers", "float64-wide"])
+    ["--task", "copying", "--vocab_size", "2048"],
+], ids=["chunk", "parallel", "recurrent-2-layers", "float64-wide", "copying-vocab-2048"])
 def test_step_memory_estimate_is_close_to_the_measured_peak(extra):
     run = vars(train.build_parser().parse_args(
         ["--batch_size", "8", "--seq_len", "32", "--hidden", "32", "--heads", "2",
