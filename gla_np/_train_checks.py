@@ -231,7 +231,7 @@ def check_memory(run, label=flag):
     if have is not None and need > have:
         raise ValueError(f"{label('batch_size')} {run['batch_size']} with {label('seq_len')} "
                          f"{run['seq_len']}: one training step needs about {_size(need)} of "
-                         f"memory ({run['form']} form, {run['layers']} layers, vocabulary "
+                         f"memory ({run['form']} form, layers {run['layers']}, vocabulary "
                          f"{run['vocab_size']}), more than the {_size(have)} available; lower "
                          f"--batch_size or --seq_len")
 
