@@ -111,7 +111,7 @@ def build_parser():
            "(continue later with --resume); no held-out evaluation")
     a("--save_every", type=int, default=250,
       help="save a checkpoint every this many steps (and always at the end and on Ctrl-C)")
-    a("--log_every", type=int, default=100, help="print a progress line every this many steps")
+    a("--log_every", type=int, default=25, help="print a progress line every this many steps")
     a("--threads", type=int, default=None,
       help="threads per training step, each running a shard of the batch (gla_np."
            "data_parallel); default: every core. BLAS itself runs one thread per shard")
@@ -285,7 +285,7 @@ def _print(line):
     print(line, flush=True)
 
 
-def train(run, *, out, resume=None, stop_after=None, log_every=100, save_every=250,
+def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=250,
           threads=None, log=_print, should_stop=None):
     """Run (or continue) training; returns a dict with the params, metrics and timings.
 
