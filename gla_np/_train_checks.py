@@ -52,6 +52,9 @@ def _int(label, name, value, minimum):
 def check_run(run, label=flag):
     """Check the options that shape a run (the keys ``RUN_KEYS``); ValueError naming the first
     bad one as ``label(name)``. Types are checked too, for configs read from a file."""
+    missing = [name for name in RUN_KEYS if name not in run]
+    if missing:
+        raise ValueError(f"run: expected every option of {list(RUN_KEYS)}; missing {missing}")
     for name, minimum in RUN_INTS.items():
         _int(label, name, run[name], minimum)
     for name in RUN_FLOATS:
