@@ -46,7 +46,11 @@ TRAIN_SMOKE = ["-m", "gla_np.train", "--steps", "3", "--warmup", "1", "--eval_ba
 
 
 def version_tuple(text):
-    return tuple(int(part) for part in text.split("."))
+    """'1.23' -> (1, 23); '1.23.0' -> (1, 23) too: trailing zeros dropped, as pip compares."""
+    parts = [int(part) for part in text.split(".")]
+    while len(parts) > 2 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 def read_setup_cfg():
