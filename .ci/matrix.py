@@ -46,11 +46,15 @@ TRAIN_SMOKE = ["-m", "gla_np.train", "--steps", "3", "--warmup", "1", "--eval_ba
 
 
 def version_tuple(text):
-    """'1.23' -> (1, 23); '1.23.0' -> (1, 23) too: trailing zeros dropped, as pip compares."""
-    parts = [int(part) for part in text.split(".")]
-    while len(parts) > 2 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
+    """'3.10.13' -> (3, 10, 13)."""
+    return tuple(int(part) for part in text.split("."))
+
+
+def same_release(a, b):
+    """'1.23' and '1.23.0' name the same release (trailing zeros do not count, as for pip)."""
+    a, b = list(version_tuple(a)), list(version_tuple(b))
+    width = max(len(a), len(b))
+    return a + [0] * (width - len(a)) == b + [0] * (width - len(b))
 
 
 def read_setup_cfg():
@@ -154,7 +158,7 @@ def run_row(name, python, numpy_pin, workdir):
         return row
     code, _, text = run([py, "-c", "import numpy; print(numpy.__version__)"])
     row["numpy"] = text.strip().splitlines()[-1]
-    if numpy_pin and version_tuple(row["numpy"]) != version_tuple(numpy_pin):
+    if numpy_pin and not same_release(row["numpy"], numpy_pin):
         row["note"] = f"asked for NumPy {numpy_pin}, got {row['numpy']}"
         return row
 
