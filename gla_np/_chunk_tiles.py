@@ -40,8 +40,8 @@ def _diagonal_decay(b_rows):
     """
     c = b_rows.shape[-2]
     diff = b_rows[..., :, None, :] - b_rows[..., None, :, :]  # (..., c, c, K), b_t - b_u
-    diff[..., np.triu(np.ones((c, c), dtype=bool)), :] = -np.inf  # u >= t
-    return np.exp(diff)
+    np.copyto(diff, -np.inf, where=np.triu(np.ones((c, c), dtype=bool))[:, :, None])  # u >= t
+    return np.exp(diff, out=diff)  # in place: one (..., c, c, K) array, not two
 
 
 def _reference_decays(b, start, stop):

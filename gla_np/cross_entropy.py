@@ -73,9 +73,9 @@ def forward(logits, targets, ignore_index=-100):
     # rounded answer: silence that one flag (as sigmoid does) around exp and the division, so
     # that even np.errstate(all="raise") stays quiet.
     with np.errstate(under="ignore"):
-        exps = np.exp(shifted)  # (..., vocab), in [0, 1], the row maximum gives exactly 1
-        sums = exps.sum(axis=-1, keepdims=True)  # (..., 1), in [1, vocab]
-        probs = exps / sums  # (..., vocab)
+        probs = np.exp(shifted)  # (..., vocab), in [0, 1], the row maximum gives exactly 1
+        sums = probs.sum(axis=-1, keepdims=True)  # (..., 1), in [1, vocab]
+        probs /= sums  # (..., vocab): exp(shifted) / sums, normalised in place
     shifted_t = np.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]  # (...)
     # nll = logsumexp(z) - z_t = (m + log sums) - (m + shifted_t): the max m cancels
     nll = np.log(sums[..., 0]) - shifted_t  # (...), >= 0
@@ -111,7 +111,11 @@ def backward(dloss, cache):
     # so: dnll[p] = dloss / n on counted p (0 elsewhere), dz[p] = dnll[p] * (probs[p] - onehot)
     dtype = cache.probs.dtype  # scale as a scalar of that dtype: a Python float would make a
     dnll = cache.counted.astype(dtype) * dtype.type(scale)  # 0-d dnll float64 under NumPy 1.x
-    onehot = np.zeros_like(cache.probs)  # (..., vocab)
-    np.put_along_axis(onehot, cache.targets[..., None], 1, axis=-1)
+    t = cache.targets[..., None]  # (..., 1)
     with np.errstate(under="ignore"):  # a tiny probability times dloss / n may underflow to 0
-        return (cache.probs - onehot) * dnll[..., None]  # (..., vocab)
+        dlogits = cache.probs * dnll[..., None]  # (..., vocab): (probs - 0) dnll off target ...
+        # ... and (probs - 1) dnll at each position's target entry, written in place rather
+        # than building and subtracting a (..., vocab) one-hot matrix
+        p_t = np.take_along_axis(cache.probs, t, axis=-1)  # (..., 1)
+        np.put_along_axis(dlogits, t, (p_t - dtype.type(1)) * dnll[..., None], axis=-1)
+    return dlogits

@@ -68,8 +68,16 @@ def backward(dy, cache):
     if dy.dtype != cache.E_dtype:
         raise ValueError(f"dy: expected dtype {cache.E_dtype} (the forward's dtype), "
                          f"got {dy.dtype}")
+    vocab, D = cache.E_shape
     dE = np.zeros(cache.E_shape, dtype=cache.E_dtype)  # (vocab, D)
-    # forward: y[p] = E[ids[p]]   so: dE[ids[p]] += dy[p] for every position p.
-    # np.add.at adds once per occurrence; dE[ids] += dy would keep only one of repeated ids.
-    np.add.at(dE, cache.ids.reshape(-1), dy.reshape(-1, cache.E_shape[1]))
+    # forward: y[p] = E[ids[p]]   so: dE[v] = sum of dy[p] over the positions p with ids[p] == v.
+    # Sort the positions by id (stable: within an id, in position order) and sum each run of
+    # equal ids in one pass (np.add.reduceat), instead of one scattered add per position
+    # (np.add.at, which is about five times slower).
+    ids = cache.ids.reshape(-1)  # (P,)
+    order = np.argsort(ids, kind="stable")  # (P,)
+    sorted_ids = ids[order]  # (P,), nondecreasing
+    starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))  # (U,) first position of each id
+    if starts.size:
+        dE[sorted_ids[starts]] = np.add.reduceat(dy.reshape(-1, D)[order], starts, axis=0)
     return dE

@@ -31,9 +31,15 @@ from gla_np._checks import check_array, check_same_dtype, check_shape
 def stable_sigmoid(x):
     """sigma(x) for an ndarray, without overflow; no checks, no cache. Keeps ``x``'s dtype."""
     one = x.dtype.type(1)  # 1 in x's dtype (see the module docstring: NumPy 1.x and 0-d inputs)
+    x_flat = x.reshape(-1)  # 1-d (a 0-d x too), so that every step below can work in place
     with np.errstate(under="ignore"):
-        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-        return np.where(x >= 0, one / (one + e), e / (one + e))
+        e = np.abs(x_flat)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # e = exp(-|x|), in (0, 1]: never overflows
+        y = one + e  # the denominator, in (1, 2]
+        np.copyto(e, one, where=x_flat >= 0)  # the numerator: 1 where x >= 0, e where x < 0
+        np.divide(e, y, out=y)  # x >= 0: 1 / (1 + e);  x < 0: e / (1 + e)
+    return y.reshape(x.shape)
 
 
 class SigmoidCache(NamedTuple):

@@ -1,0 +1,121 @@
+"""Data parallel training steps: the batch cut into shards, one thread per shard.
+
+This is the one place where gla_np uses more than one core for a training step. The math
+modules stay single-threaded pure functions; here ``lm.loss_and_grads`` runs on each shard in
+its own thread and the shards' losses and gradients are combined exactly. Threads (not
+processes) suffice because NumPy releases the GIL inside its ufuncs, reductions and matmuls,
+where nearly all of a step's time goes.
+
+How the shards are weighted. The loss is the mean cross-entropy over the n target positions of
+the whole batch (positions whose target is ``tasks.IGNORE`` do not count). Cut the batch along
+its rows into shards s with n_s target positions each (n = sum_s n_s); each shard's own loss is
+the mean over its own targets, loss_s = (1 / n_s) sum_{p in s} nll_p, so
+
+    loss = (1 / n) sum_p nll_p = sum_s (n_s / n) loss_s
+    grad = sum_s (n_s / n) grad_s          (the gradient is linear in the per-position terms)
+
+A shard without target positions has loss 0 and gradient 0 (cross_entropy's rule) and weight
+0. The weighted sum runs over the shards in order, whatever order the threads finish in, so a
+step is deterministic; 1 and N threads agree to rounding (tests/test_data_parallel.py).
+
+Dropout: with ``training=True`` each shard draws its own masks from a generator seeded from
+``rng``, so the masks (not the rule above) depend on the number of shards. With one shard the
+step is exactly ``lm.loss_and_grads``.
+
+The process around the threads (``PROCESS_ENV``, which ``python -m gla_np.train`` and
+benchmarks/train_step.py set by starting themselves again; a library user sets it in the shell):
+
+* one BLAS thread per shard: the shards already use every core, and two shards each asking
+  OpenBLAS for two threads oversubscribe the cores, whose waiting BLAS threads then spin;
+* glibc's malloc keeps freed memory for the next step instead of handing each large temporary
+  back to the kernel and faulting it in again (without this, system time was a quarter of the
+  step). Both are read only when the process starts. docs/performance.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from gla_np import lm
+from gla_np._checks import check_positive_int
+
+IGNORE = -100  # tasks.IGNORE and the ignore_index of lm.loss_and_grads
+
+PROCESS_ENV = {
+    "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # arrays up to 32 MiB from the heap ...
+    "MALLOC_TRIM_THRESHOLD_": str(2 ** 30),  # ... which is not shrunk below 1 GiB of free top
+}
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def default_threads():
+    """The number of cores this process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool(threads):
+    """A thread pool of ``threads`` workers, made once per size and reused for every step."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="gla_np-shard")
+        return _POOLS[threads]
+
+
+def shard_bounds(batch_size, shards):
+    """``[(start, stop), ...]``: ``shards`` contiguous row ranges covering the batch, sizes
+    differing by at most one (fewer ranges when the batch has fewer rows than ``shards``)."""
+    shards = min(shards, batch_size)
+    edges = [batch_size * i // shards for i in range(shards + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def loss_and_grads(params, ids, targets, config, *, threads=None, training=False, rng=None):
+    """``lm.loss_and_grads`` over the batch, cut into ``threads`` shards run in parallel.
+
+    ``threads`` None means every core (``default_threads()``). Returns ``(loss, grads, logits)``
+    exactly as ``lm.loss_and_grads`` does: the loss a Python float, the mean cross-entropy over
+    the batch's target positions; grads keyed like params; logits (B, T, vocab).
+    """
+    threads = default_threads() if threads is None else check_positive_int("threads", threads)
+    ids, targets = np.asarray(ids), np.asarray(targets)
+    if ids.ndim != 2 or targets.shape != ids.shape:
+        raise ValueError(f"ids, targets: expected two arrays of one shape (B, T), got "
+                         f"{ids.shape} and {targets.shape}")
+    bounds = shard_bounds(ids.shape[0], threads)
+    if len(bounds) == 1:
+        return lm.loss_and_grads(params, ids, targets, config, training=training, rng=rng)
+
+    rngs = [None] * len(bounds)
+    if training and rng is not None:  # one generator per shard, seeded from the step's rng
+        rngs = [np.random.default_rng(seed)
+                for seed in rng.integers(0, 2 ** 63, size=len(bounds))]
+
+    def run(i):
+        start, stop = bounds[i]
+        return lm.loss_and_grads(params, ids[start:stop], targets[start:stop], config,
+                                 training=training, rng=rngs[i])
+
+    results = list(_pool(threads).map(run, range(len(bounds))))
+    counts = [int((targets[start:stop] != IGNORE).sum()) for start, stop in bounds]
+    total = sum(counts)
+    # loss = sum_s (n_s / n) loss_s,  grad = sum_s (n_s / n) grad_s   (module docstring)
+    weights = [count / total if total else 0.0 for count in counts]
+    loss = sum(w * shard_loss for w, (shard_loss, _, _) in zip(weights, results))
+    grads = {}
+    for name in results[0][1]:
+        g = results[0][1][name] * weights[0]
+        for w, (_, shard_grads, _) in zip(weights[1:], results[1:]):
+            g += shard_grads[name] * w
+        grads[name] = g
+    logits = np.concatenate([shard_logits for _, _, shard_logits in results])
+    return float(loss), grads, logits

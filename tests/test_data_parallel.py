@@ -1,0 +1,110 @@
+"""Data parallel steps: N threads give the one-thread loss and gradients, to rounding."""
+
+import numpy as np
+import pytest
+
+from gla_np import data_parallel, lm, tasks
+from gla_np.model import GLAConfig
+
+
+def _config(**kw):
+    base = dict(embed_dim=6, hidden_size=6, num_layers=1, num_heads=2, head_dim=3,
+                expand_factor=2, dropout=0.0, gate_rank=2, chunk_size=4, dtype="float64")
+    base.update(kw)
+    return GLAConfig(**base)
+
+
+def _problem(config, seed=0, B=5, T=7, vocab=9):
+    rng = np.random.default_rng(seed)
+    params = lm.init_params(config, vocab, rng)
+    params = {k: (v + 0.3 * rng.standard_normal(v.shape) if v.ndim == 2 else v)
+              for k, v in params.items()}
+    ids = rng.integers(0, vocab, size=(B, T))
+    # rows with very different numbers of targets, so an unweighted mean of shards is wrong
+    keep = rng.random((B, T)) < np.linspace(0.1, 0.9, B)[:, None]
+    targets = np.where(keep, rng.integers(0, vocab, size=(B, T)), tasks.IGNORE)
+    return params, ids, targets
+
+
+def _assert_same_step(a, b):
+    (loss_a, grads_a, logits_a), (loss_b, grads_b, logits_b) = a, b
+    assert loss_a == pytest.approx(loss_b, rel=1e-13)
+    assert list(grads_a) == list(grads_b)
+    for name in grads_a:
+        np.testing.assert_allclose(grads_a[name], grads_b[name], rtol=1e-11, atol=1e-15,
+                                   err_msg=name)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5, 8], ids=lambda n: f"threads{n}")
+def test_threads_match_one_thread_float64(threads):
+    config = _config()
+    params, ids, targets = _problem(config)
+    one = lm.loss_and_grads(params, ids, targets, config)
+    _assert_same_step(data_parallel.loss_and_grads(params, ids, targets, config,
+                                                   threads=threads), one)
+
+
+def test_a_shard_without_targets_gets_weight_zero():
+    config = _config()
+    params, ids, targets = _problem(config, seed=1, B=4)
+    targets[:2] = tasks.IGNORE  # the first of two shards asks nothing
+    one = lm.loss_and_grads(params, ids, targets, config)
+    _assert_same_step(data_parallel.loss_and_grads(params, ids, targets, config, threads=2), one)
+
+
+def test_no_targets_anywhere_gives_zero_loss_and_gradients():
+    config = _config()
+    params, ids, targets = _problem(config, seed=2, B=4)
+    loss, grads, _ = data_parallel.loss_and_grads(params, ids, np.full_like(targets, -100),
+                                                  config, threads=2)
+    assert loss == 0.0 and all(not g.any() for g in grads.values())
+
+
+def test_float32_keeps_dtype():
+    config = _config(dtype="float32")
+    params, ids, targets = _problem(config, seed=3)
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    loss, grads, logits = data_parallel.loss_and_grads(params, ids, targets, config, threads=2)
+    loss1, grads1, _ = lm.loss_and_grads(params, ids, targets, config)
+    assert logits.dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())
+    assert loss == pytest.approx(loss1, rel=1e-5)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], grads1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_one_thread_is_lm_loss_and_grads_exactly_with_dropout():
+    config = _config(dropout=0.3)
+    params, ids, targets = _problem(config, seed=4)
+    a = data_parallel.loss_and_grads(params, ids, targets, config, threads=1, training=True,
+                                     rng=np.random.default_rng(7))
+    b = lm.loss_and_grads(params, ids, targets, config, training=True,
+                          rng=np.random.default_rng(7))
+    assert a[0] == b[0] and all(np.array_equal(a[1][n], b[1][n]) for n in a[1])
+
+
+def test_dropout_shards_are_seeded_from_rng():
+    config = _config(dropout=0.3)
+    params, ids, targets = _problem(config, seed=5)
+
+    def run(seed):
+        return data_parallel.loss_and_grads(params, ids, targets, config, threads=2,
+                                            training=True, rng=np.random.default_rng(seed))[0]
+
+    assert run(7) == run(7) != run(8)
+
+
+def test_shard_bounds_cover_the_batch():
+    assert data_parallel.shard_bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert data_parallel.shard_bounds(2, 4) == [(0, 1), (1, 2)]
+    assert data_parallel.shard_bounds(5, 1) == [(0, 5)]
+    assert data_parallel.default_threads() >= 1
+
+
+def test_bad_input():
+    config = _config()
+    params, ids, targets = _problem(config)
+    with pytest.raises(ValueError, match="threads"):
+        data_parallel.loss_and_grads(params, ids, targets, config, threads=0)
+    with pytest.raises(ValueError, match="ids, targets"):
+        data_parallel.loss_and_grads(params, ids, targets[:, 1:], config, threads=2)

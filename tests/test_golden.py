@@ -1,0 +1,146 @@
+"""python -m gla_np.golden: the file, the bounds, and the bugs each case catches.
+
+CATCHES is the table of docs/testing-your-kernel.md: for each planted bug
+(tests/planted_kernels.py), the cases whose bounds it breaks. The test recomputes it from the
+file, so the table in the docs cannot drift from what the cases do.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import planted_kernels as pk
+from gla_np import golden
+
+ARGS = ("q", "k", "v", "g", "initial_state", "do", "d_final_state")
+REQUIRED = [c.name for c in golden.CASES if not c.optional]
+CATCHES = {
+    "decay_after_write": {"mild_gates", "moderate_gates", "strong_gates", "k1_v1",
+                          "final_state_gradient_only", "no_state_no_final_gradient",
+                          "hard_resets"},
+    "dg_without_final_state": {"zero_gates", "moderate_gates", "k1_v1",
+                               "final_state_gradient_only", "hard_resets"},
+    "naive_factoring": {"strong_gates", "hard_resets"},
+    "scale_on_k": {"zero_gates", "moderate_gates", "strong_gates", "final_state_gradient_only",
+                   "hard_resets"},
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("golden")
+    paths = {}
+    for layout in ("BHTK", "BTHK"):
+        paths[layout] = str(folder / f"cases-{layout}.npz")
+        assert golden.main(["--out", paths[layout], "--layout", layout]) == 0
+    return paths
+
+
+def load(path):
+    with np.load(path) as z:
+        return {key: z[key] for key in z.files}
+
+
+def cases_in(flat):
+    return {str(name): {key.split("/", 1)[1]: x for key, x in flat.items()
+                        if key.startswith(f"{name}/")} for name in flat["cases"]}
+
+
+def breaks(kernel, case, layout):
+    """The tensors whose bound the kernel breaks on this case (a nan breaks it too)."""
+    if layout == "BHTK":  # the planted kernels take fla's layout
+        case = {k: (np.swapaxes(x, 1, 2) if k in ("q", "k", "v", "g", "do") else x)
+                for k, x in case.items()}
+    out = kernel(*(case.get(n) for n in ARGS), np.float32(case["scale"]))
+    broken = []
+    for name, x in out.items():
+        if name in case:
+            x = np.swapaxes(x, 1, 2) if layout == "BHTK" and x.ndim == 4 and \
+                name not in ("final_state", "d_initial_state") else x
+            err = np.abs(x.astype(np.float64) - case[name])
+            if not (err <= case["bound_" + name]).all():  # nan compares False
+                broken.append(name)
+    return broken
+
+
+def test_the_file_holds_every_case_with_inputs_references_and_bounds(files):
+    flat = load(files["BTHK"])
+    assert str(flat["layout"]) == "BTHK" and str(flat["dtype"]) == "float32"
+    cases = cases_in(flat)
+    assert list(cases) == [c.name for c in golden.CASES]
+    for name, case in cases.items():
+        assert case["q"].dtype == np.float32 and case["o"].dtype == np.float64
+        for key in ("o", "final_state", "dq", "dk", "dv", "dg"):
+            assert case["bound_" + key].shape == case[key].shape
+            assert (case["bound_" + key] > 0).all(), (name, key)
+        assert str(case["about"])
+    mild = cases["mild_gates"]
+    assert mild["q"].shape == (2, 37, 1, 4)  # (B, T, H, K)
+    assert 37 % 16 and 37 % 32 and 37 % 64
+    assert cases["k1_v1"]["q"].shape[-1] == 1
+    assert cases["packed_sequences"]["final_state"].shape[0] == 3
+    assert np.isneginf(cases["hard_resets"]["g"]).any()
+
+
+@pytest.mark.parametrize("layout", ["BHTK", "BTHK"])
+@pytest.mark.parametrize("kernel", pk.CORRECT, ids=lambda k: k.__name__)
+def test_correct_float32_kernels_pass_every_case(files, layout, kernel):
+    for name, case in cases_in(load(files[layout])).items():
+        if "cu_seqlens" in case:
+            continue  # the planted kernels do not take packed sequences
+        assert breaks(kernel, case, layout) == [], name
+
+
+def test_each_planted_bug_is_caught_by_the_cases_in_the_table(files):
+    cases = cases_in(load(files["BTHK"]))
+    found = {}
+    for kernel in pk.PLANTED:
+        found[kernel.__name__] = {name for name, case in cases.items()
+                                  if "cu_seqlens" not in case and breaks(kernel, case, "BTHK")}
+        assert found[kernel.__name__] & set(REQUIRED), kernel.__name__  # no optional case needed
+    assert found == CATCHES
+
+
+def test_packed_case_is_the_sequences_run_one_by_one(files):
+    case = cases_in(load(files["BTHK"]))["packed_sequences"]
+    cu = case["cu_seqlens"]
+    for n in range(len(cu) - 1):
+        seg = slice(cu[n], cu[n + 1])
+        out = pk.stable_recurrent(*(case[a][:, seg] for a in ("q", "k", "v", "g")),
+                                  case["initial_state"][n:n + 1], case["do"][:, seg],
+                                  case["d_final_state"][n:n + 1], np.float32(case["scale"]))
+        assert (np.abs(out["o"] - case["o"][:, seg]) <= case["bound_o"][:, seg]).all()
+        assert (np.abs(out["final_state"][0] - case["final_state"][n])
+                <= case["bound_final_state"][n]).all()
+        assert (np.abs(out["dg"] - case["dg"][:, seg]) <= case["bound_dg"][:, seg]).all()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    out = tmp_path / "cases.npz"
+    out.write_bytes(b"old")
+
+    def broken_savez(f, **arrays):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(golden.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        golden.write_cases(str(out))
+    assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["cases.npz"]
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--out", "/nonexistent-folder/cases.npz"], "the folder /nonexistent-folder does not exist"),
+    (["--out", "{tmp}"], "is a folder; expected a file name"),
+    (["--out", "{tmp}/c.npz", "--layout", "TBHK"], "invalid choice: 'TBHK'"),
+    (["--out", "{tmp}/c.npz", "--dtype", "int8"], "invalid choice: 'int8'"),
+    (["--out", "{tmp}/c.npz", "--chunk-size", "0"], "--chunk-size: expected a positive integer"),
+    ([], "the following arguments are required: --out"),
+])
+def test_bad_options_are_refused_in_one_line(tmp_path, capsys, argv, pattern):
+    with pytest.raises(SystemExit) as info:
+        golden.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert info.value.code == 2
+    assert pattern in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
