@@ -49,8 +49,8 @@ def forward(x, w, eps=1e-6):
 def backward(dy, cache):
     """Gradients of RMSNorm. Derivation: docs/derivations/rmsnorm.md
 
-        g  = dy * w                                      (..., D)
-        dx = rstd * (g - x_hat * mean(g * x_hat))        mean over the last axis
+        dx_hat = dy * w                                       (..., D)
+        dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   mean over the last axis
         dw = sum over ALL leading axes of dy * x_hat     (D,)  (heads included)
 
     ``dy`` (..., D); None means zero. Returns (dx, dw).
@@ -64,12 +64,12 @@ def backward(dy, cache):
     leading = tuple(range(dy.ndim - 1))  # every axis but the last: batch, time, heads, ...
 
     # forward: y = x_hat * w, one w for every row
-    # so:      dw = sum_rows dy * x_hat,   g = dL/dx_hat = dy * w
+    # so:      dw = sum_rows dy * x_hat,   dx_hat = dL/dx_hat = dy * w
     dw = (dy * x_hat).sum(axis=leading)  # (D,)
-    g = dy * w  # (..., D)
+    dx_hat = dy * w  # (..., D), dL/dx_hat
 
     # forward: x_hat = x * rstd,  rstd = (mean(x^2) + eps)^(-1/2)
-    # so:      dx = rstd * (g - x_hat * mean(g * x_hat))   (docs: the two paths)
-    gx_mean = (g * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
-    dx = rstd * (g - x_hat * gx_mean)  # (..., D)
+    # so:      dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs: the two paths)
+    dx_hat_x_hat_mean = (dx_hat * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
+    dx = rstd * (dx_hat - x_hat * dx_hat_x_hat_mean)  # (..., D)
     return dx, dw
