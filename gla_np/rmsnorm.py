@@ -40,7 +40,9 @@ def forward(x, w, eps=1e-6):
     check_same_dtype(x=x, w=w)
     eps = check_positive_real("eps", eps)
 
-    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    D = x.dtype.type(x.shape[-1])
+    mean_sq = np.einsum("...d,...d->...", x, x)[..., None] / D  # (..., 1), mean(x^2), no x*x
+    rstd = 1.0 / np.sqrt(mean_sq + eps)  # (..., 1)
     x_hat = x * rstd  # (..., D)
     y = x_hat * w
     return y, RMSNormCache(x_hat, rstd, w)
@@ -61,15 +63,17 @@ def backward(dy, cache):
     dy = check_array("dy", dy, min_ndim=1)
     check_shape("dy", dy, x_hat.shape)
     check_same_dtype(dy=dy, x=x_hat)
-    leading = tuple(range(dy.ndim - 1))  # every axis but the last: batch, time, heads, ...
 
     # forward: y = x_hat * w, one w for every row
     # so:      dw = sum_rows dy * x_hat,   g = dL/dx_hat = dy * w
-    dw = (dy * x_hat).sum(axis=leading)  # (D,)
+    D = dy.shape[-1]
+    dw = (dy * x_hat).reshape(-1, D).sum(axis=0)  # (D,), the leading axes as one row axis
     g = dy * w  # (..., D)
 
     # forward: x_hat = x * rstd,  rstd = (mean(x^2) + eps)^(-1/2)
     # so:      dx = rstd * (g - x_hat * mean(g * x_hat))   (docs: the two paths)
-    gx_mean = (g * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
-    dx = rstd * (g - x_hat * gx_mean)  # (..., D)
+    gx_mean = np.einsum("...d,...d->...", g, x_hat)[..., None] / g.dtype.type(D)  # (..., 1)
+    dx = x_hat * gx_mean  # (..., D), then in place: g - x_hat * gx_mean, times rstd
+    np.subtract(g, dx, out=dx)
+    dx *= rstd
     return dx, dw
