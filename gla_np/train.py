@@ -88,7 +88,7 @@ def build_parser():
       help="stop after this many steps in total and save a checkpoint, as if interrupted "
            "(continue later with --resume); no held-out evaluation")
     a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
-    a("--log_every", type=int, default=100, help="print a progress line every this many steps")
+    a("--log_every", type=int, default=25, help="print a progress line every this many steps")
     a("--threads", type=int, default=None,
       help="threads per training step, each running a shard of the batch (gla_np."
            "data_parallel); default: every core. BLAS itself runs one thread per shard")
@@ -180,7 +180,7 @@ def evaluate(params, run, num_batches):
     return float(np.mean(losses)), correct / counted
 
 
-def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=100,
+def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=25,
           log=print, threads=None):
     """Run (or continue) training; returns a dict with the params, metrics and timings.
 

@@ -20,7 +20,7 @@ DOC_FILES = sorted([ROOT / "walkthrough.md", ROOT / "README.md", *(ROOT / "docs"
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 # Code-block languages: python blocks must be doctests; text/math hold formulas.
 # Shell blocks are allowed only in README.md (the install and run commands).
-PROSE_LANGS = {"text", "math"}
+PROSE_LANGS = {"text", "math", "mermaid"}  # mermaid: diagrams GitHub draws
 SHELL_LANGS = {"bash", "sh", "console", "shell"}
 
 
@@ -105,7 +105,7 @@ _CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
 _HTML = re.compile(r"<[^>\n]+>")
 _DELIM = re.compile(r"\*+|_+")
-_PLAIN_WORDS = re.compile(r"[A-Za-z0-9 ,.:;'’\-]+")
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9 ,.:;?!'’\-]+")
 
 
 def _is_punct(ch):
@@ -184,3 +184,72 @@ def test_inline_formulas_do_not_render_as_emphasis(path):
                 bad.append(whole if len(whole) < 80 else whole[:77] + "...")
     assert not bad, (f"{_id(path)}: these render as emphasis on GitHub; put the formula in a "
                      f"code span: {bad}")
+
+
+# --- figures ----------------------------------------------------------------------------------
+# docs/figures/make_figures.py draws every figure as SVG with NumPy and string formatting only,
+# so these tests need nothing beyond the runtime dependency.
+
+FIGURES = ROOT / "docs" / "figures"
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _figure_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_figures", FIGURES / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=_id)
+def test_every_figure_a_page_shows_exists(path):
+    for target in IMAGE.findall(path.read_text()):
+        assert not target.startswith(("http://", "https://")), (
+            f"{_id(path)} shows an image from outside the repository: {target}")
+        assert (path.parent / target).resolve().is_file(), f"{_id(path)} shows missing {target}"
+
+
+def test_figures_are_shown_somewhere():
+    shown = {(path.parent / t).resolve() for path in DOC_FILES
+             for t in IMAGE.findall(path.read_text())}
+    for svg in sorted(FIGURES.glob("*.svg")):
+        assert svg.resolve() in shown, f"{svg.name} is drawn but no page shows it"
+
+
+def test_figure_script_redraws_the_committed_figures(tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+    written = _figure_script().main(["--folder", str(tmp_path)])
+    assert len(written) >= 3
+    for name in written:
+        new = Path(name)
+        assert ET.parse(new).getroot().tag.endswith("svg")
+        committed = FIGURES / new.name
+        assert committed.is_file(), f"{new.name}: run python3 docs/figures/make_figures.py"
+        assert committed.read_text() == new.read_text(), (
+            f"{new.name} differs from what the script draws; run "
+            f"python3 docs/figures/make_figures.py")
+
+
+def test_figure_script_draws_the_curve_of_any_run(tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,split,loss,accuracy,lr,grad_norm,tokens_per_sec,elapsed_sec\n"
+                       "10,train,2.5,0.1,0.001,1.0,100,1\n20,train,1.0,0.6,0.001,1.0,100,2\n"
+                       "20,heldout,0.9,0.7,,,,3\n")
+    out = tmp_path / "curve.svg"
+    _figure_script().main(["--curve", str(metrics), "--out", str(out)])
+    text = out.read_text()
+    assert ET.fromstring(text).tag.endswith("svg")
+    assert text.count("<polyline") == 2 and "held-out accuracy 0.700" in text
+    metrics.write_text("step,split,loss,accuracy,lr,grad_norm,tokens_per_sec,elapsed_sec\n")
+    with pytest.raises(ValueError, match="no train rows"):
+        _figure_script().main(["--curve", str(metrics), "--out", str(out)])
+
+
+def test_overflow_example_in_the_tile_figure_is_computed():
+    lines = _figure_script().overflow_example()
+    assert any("= inf" in line for line in lines)  # the naive key factor overflows float32
+    assert any(line.endswith("= nan") for line in lines)  # and 0 * inf = nan
+    tiled = [line for line in lines if line.strip().startswith("= ")]
+    assert tiled and "inf" not in tiled[0] and "nan" not in tiled[0]

@@ -1,0 +1,326 @@
+"""Draw the figures of the docs as SVG, with NumPy and string formatting only (no plotting library).
+
+    python3 docs/figures/make_figures.py                  # every figure in docs/figures/
+    python3 docs/figures/make_figures.py --curve runs/a/metrics.csv --out runs/a/curve.svg
+                                                          # the training curve of any run
+
+The figures:
+
+- ``chunk-tiles.svg``: one chunk's C x C score matrix cut into sub-chunk tiles (off-diagonal tiles
+  as one matmul with their reference row, diagonal tiles elementwise in log space, the pairs
+  u = t, the masked region), with a float32 example of the naive factor overflowing where the
+  tiled factors do not (the numbers are computed here, not typed in).
+- ``windows.svg``: which pairs (t, u) a row r lies between (the rectangle t >= r > u), and the
+  read, write and carry windows of a chunk that hold row r: the picture behind the gate gradient
+  of the parallel and chunked backwards.
+- ``training-curve.svg``: loss and accuracy against step, drawn from a run's ``metrics.csv``
+  (``python -m gla_np.train`` writes one); the committed figure is drawn from
+  ``docs/figures/data/mqar-default-metrics.csv``, the metrics of the default run.
+
+The output is deterministic: running the script again rewrites the same bytes, and
+tests/test_docs.py checks that the committed figures are what the script draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_METRICS = HERE / "data" / "mqar-default-metrics.csv"
+
+FONT = "font-family=\"DejaVu Sans, Arial, sans-serif\""
+COLORS = {
+    "offdiag": "#cfe2f3",  # one matmul per row of tiles
+    "diag": "#f9cb9c",  # elementwise, log space
+    "self": "#b6d7a8",  # u = t, no gate
+    "masked": "#eeeeee",  # u > t, -inf before exp
+    "hold": "#3d85c6",  # windows that hold row r
+    "miss": "#d9d9d9",  # windows that do not
+    "loss": "#cc4125",
+    "acc": "#3d85c6",
+}
+
+
+class Svg:
+    """A few SVG primitives; every number is formatted with a fixed precision."""
+
+    def __init__(self, width, height):
+        self.width, self.height, self.parts = width, height, []
+
+    def rect(self, x, y, w, h, fill, stroke="none", width=1.0, extra=""):
+        self.parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" '
+                          f'fill="{fill}" stroke="{stroke}" stroke-width="{width:.1f}"{extra}/>')
+
+    def line(self, x1, y1, x2, y2, stroke="#000", width=1.0, extra=""):
+        self.parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
+                          f'stroke="{stroke}" stroke-width="{width:.1f}"{extra}/>')
+
+    def polyline(self, points, stroke, width=1.5):
+        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        self.parts.append(f'<polyline points="{pts}" fill="none" stroke="{stroke}" '
+                          f'stroke-width="{width:.1f}"/>')
+
+    def text(self, x, y, s, size=12, anchor="start", weight="normal", fill="#000"):
+        s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        self.parts.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" '
+                          f'text-anchor="{anchor}" font-weight="{weight}" fill="{fill}" '
+                          f'{FONT}>{s}</text>')
+
+    def render(self):
+        head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" '
+                f'height="{self.height}" viewBox="0 0 {self.width} {self.height}">')
+        return "\n".join([head, f'<rect width="{self.width}" height="{self.height}" '
+                                f'fill="#ffffff"/>', *self.parts, "</svg>", ""])
+
+
+def _e(x):
+    """A float32 number as text: 'inf', 'nan' or two significant digits."""
+    x = float(x)
+    if np.isnan(x):
+        return "nan"
+    if np.isinf(x):
+        return "inf"
+    return f"{x:.1e}"
+
+
+def overflow_example(g=-30.0, rows=4):
+    """Float32 numbers for the tile figure: the naive key factor exp(-b_u) and the tiled ones.
+
+    Returns a list of text lines, computed (not typed in): b is the chunk-local cumsum of a
+    constant gate g per step, the naive factoring multiplies exp(b_t) by exp(-b_u), the tiled
+    one exp(b_t - b_p) by exp(b_p - b_u) with p the last row before t's sub-chunk.
+    """
+    f32 = np.float32
+    b = np.cumsum(np.full(rows, g, dtype=f32))  # b_0 .. b_{rows-1}
+    with np.errstate(over="ignore", invalid="ignore"):
+        naive_k = np.exp(-b)  # the key-side factor of the naive factoring
+        t, u, p = rows - 1, rows - 2, rows - 2
+        naive = np.exp(b[t]) * np.exp(-b[u])
+        tiled_q, tiled_k = np.exp(b[t] - b[p]), np.exp(b[p] - b[u])
+        exact = np.exp(b[t] - b[u])
+    lines = [f"float32, gate g = {g:g} per step, b = cumsum(g):"]
+    lines += [f"naive key factor exp(-b_{i}) = exp({-float(b[i]):g}) = {_e(naive_k[i])}"
+              for i in range(rows)]
+    lines.append(f"naive exp(b_{t}) * exp(-b_{u}) = {_e(np.exp(b[t]))} * {_e(naive_k[u])}"
+                 f" = {_e(naive)}")
+    lines.append(f"tiled exp(b_{t} - b_p) * exp(b_p - b_{u}), p = {p}:")
+    lines.append(f"    = {_e(tiled_q)} * {_e(tiled_k)} = {_e(tiled_q * tiled_k)}"
+                 f"  (exact {_e(exact)})")
+    lines.append("every tiled factor is exp of a number <= 0: never above 1")
+    return lines
+
+
+def chunk_tiles_svg(C=12, c=4, cell=24):
+    """One chunk's C x C score matrix A[t, u], tiled by sub-chunks of c rows."""
+    left, top = 70, 60
+    svg = Svg(left + C * cell + 470, top + C * cell + 60)
+    svg.text(left, 24, f"One chunk's scores A[t, u], C = {C} rows, sub-chunks of c = {c}",
+             size=15, weight="bold")
+    svg.text(left + C * cell / 2, top - 12, "key row u  ->", anchor="middle")
+    svg.text(left - 8, top - 12, "query t", anchor="end")
+    for t in range(C):
+        for u in range(C):
+            same = t // c == u // c
+            kind = ("masked" if u > t else "self" if u == t else "diag" if same else "offdiag")
+            svg.rect(left + u * cell, top + t * cell, cell, cell, COLORS[kind], "#ffffff", 1.0)
+    for j in range(0, C + 1, c):  # sub-chunk boundaries
+        svg.line(left + j * cell, top, left + j * cell, top + C * cell, "#444", 1.5)
+        svg.line(left, top + j * cell, left + C * cell, top + j * cell, "#444", 1.5)
+    for start in range(c, C, c):  # the reference row p = start - 1 of each query sub-chunk
+        y = top + (start - 0.5) * cell
+        svg.line(left - 24, y, left - 4, y, "#cc0000", 2.0)
+        svg.text(left - 28, y + 4, f"p={start - 1}", size=11, anchor="end", fill="#cc0000")
+    for i in range(C):
+        svg.text(left + (i + 0.5) * cell, top + C * cell + 16, str(i), size=10, anchor="middle")
+    x0, y = left + C * cell + 30, top + 6
+    legend = [
+        ("offdiag", "off-diagonal tiles: u in an earlier sub-chunk; one matmul per row",
+         "of tiles, (q * exp(b - b_p)) (k * exp(b_p - b))^T, both factors <= 1"),
+        ("diag", "diagonal tiles, u < t: elementwise in log space,",
+         "exp(b_t - b_u), a (c, c, K) tensor: no one p serves the tile"),
+        ("self", "u = t: s q_t . k_t, exponent 0, no gate", "(added apart: A_self)"),
+        ("masked", "u > t: exponent set to -inf BEFORE exp, so 0", "(masking after exp: inf * 0 = nan)"),
+    ]
+    for kind, first, second in legend:
+        svg.rect(x0, y - 12, 16, 16, COLORS[kind], "#888", 1.0)
+        svg.text(x0 + 24, y, first, size=12)
+        svg.text(x0 + 24, y + 16, second, size=12)
+        y += 44
+    svg.text(x0, y + 4, "Why tiles: the naive factoring overflows", size=13, weight="bold")
+    y += 24
+    for line in overflow_example():
+        svg.text(x0, y, line, size=12)
+        y += 17
+    return svg.render()
+
+
+def windows_svg(n=8, r=3, cell=26):
+    """Left: the pairs (t, u) whose window u+1..t holds row r. Right: a chunk's read, write and
+    carry windows, those holding r in colour."""
+    top, left = 70, 60
+    width = left + n * cell + 110 + n * cell + 150
+    svg = Svg(width, top + (2 * n + 1) * 14 + 3 * 22 + 110)
+    svg.text(20, 24, f"Which exponents hold the gate of row r = {r}", size=15, weight="bold")
+    svg.text(20, 42, "each exponent sums the gates of a window of rows; dg_r adds the "
+             "gradients of the exponents whose window holds r", size=12)
+    # left panel: pairs
+    svg.text(left + n * cell / 2, top - 10, "key row u  ->", anchor="middle")
+    svg.text(left - 8, top - 10, "query t", size=12, anchor="end")
+    for t in range(n):
+        for u in range(n):
+            if u >= t:
+                fill = "#ffffff"
+            elif t >= r > u:
+                fill = COLORS["hold"]
+            else:
+                fill = COLORS["miss"]
+            svg.rect(left + u * cell, top + t * cell, cell, cell, fill, "#bbbbbb", 1.0)
+    svg.rect(left, top + r * cell, r * cell, (n - r) * cell, "none", "#cc0000", 2.5)
+    for i in range(n):
+        svg.text(left - 8, top + (i + 0.7) * cell, str(i), size=10, anchor="end")
+        svg.text(left + (i + 0.5) * cell, top + n * cell + 14, str(i), size=10, anchor="middle")
+    svg.text(left, top + n * cell + 36, f"past pairs u < t; blue: t >= r > u", size=12)
+    svg.text(left, top + n * cell + 52, "(the window u+1..t holds r)", size=12)
+    # right panel: strips of one chunk
+    x0 = left + n * cell + 110
+    bar = 12
+    y = top
+    svg.text(x0, y - 10, "rows of one chunk  ->", size=12)
+    for i in range(n):
+        svg.text(x0 + (i + 0.5) * cell, y + 4, str(i), size=10, anchor="middle")
+    y += 14
+    strips = [
+        ("reads of the entering state, window 0..t", "t",
+         [(0, t + 1, t >= r) for t in range(n)]),
+        ("writes into the leaving state, window u+1..last", "u",
+         [(u + 1, n, u < r) for u in range(n)]),
+        ("carry of the entering state, window 0..last", "", [(0, n, True)]),
+    ]
+    for title, letter, bars in strips:
+        y += 8
+        svg.text(x0, y, title, size=12)
+        y += 6
+        for index, (a, b, holds) in enumerate(bars):
+            if letter:
+                svg.text(x0 - 4, y + bar - 2, f"{letter}={index}", size=9, anchor="end",
+                         fill="#666")
+            if b > a:
+                svg.rect(x0 + a * cell + 1, y, (b - a) * cell - 2, bar,
+                         COLORS["hold"] if holds else COLORS["miss"])
+            else:  # the last row's write: an empty window, exponent 0
+                svg.text(x0 + n * cell + 4, y + bar - 2, "empty (exponent 0)", size=9,
+                         fill="#666")
+            y += bar + 2
+        y += 8
+    svg.line(x0 + (r + 0.5) * cell, top + 8, x0 + (r + 0.5) * cell, y - 10, "#cc0000", 2.0,
+             ' stroke-dasharray="4,3"')
+    svg.text(x0 + (r + 0.5) * cell, y + 4, f"row r = {r}", size=12, anchor="middle",
+             fill="#cc0000")
+    y += 24
+    for line in ["reads hold r when t >= r:  sum_{t >= r} q * dq_inter",
+                 "writes hold r when u < r:  sum_{u < r} k * dk_state",
+                 "the carry always holds r:  exp(l_n) rowsum(H_n * E_n)"]:
+        svg.text(x0, y, line, size=12)
+        y += 16
+    return svg.render()
+
+
+def read_metrics(path):
+    """(train steps, train losses, train accuracies, held-out row or None) from a metrics.csv."""
+    steps, losses, accs, heldout = [], [], [], None
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "train":
+                steps.append(int(row["step"]))
+                losses.append(float(row["loss"]))
+                accs.append(float(row["accuracy"]))
+            elif row["split"] == "heldout":
+                heldout = (int(row["step"]), float(row["loss"]), float(row["accuracy"]))
+    if not steps:
+        raise ValueError(f"{path}: no train rows")
+    return np.array(steps), np.array(losses), np.array(accs), heldout
+
+
+def curve_svg(path, title=None):
+    """Loss (left axis) and accuracy (right axis) against step, from a run's metrics.csv."""
+    steps, losses, accs, heldout = read_metrics(path)
+    W, H, left, right, top, bottom = 720, 360, 70, 70, 50, 50
+    pw, ph = W - left - right, H - top - bottom
+    svg = Svg(W, H)
+    svg.text(left, 26, title or f"Training curve: {Path(path).name}", size=15, weight="bold")
+    smax = float(steps.max())
+    lmax = float(np.ceil(max(losses.max(), 1e-9)))
+
+    def x(step):
+        return left + pw * step / smax
+
+    def y_loss(value):
+        return top + ph * (1 - value / lmax)
+
+    def y_acc(value):
+        return top + ph * (1 - value)
+
+    svg.rect(left, top, pw, ph, "none", "#888", 1.0)
+    for i in range(5):  # grid and both axes' labels
+        frac = i / 4
+        yy = top + ph * (1 - frac)
+        svg.line(left, yy, left + pw, yy, "#eeeeee", 1.0)
+        svg.text(left - 6, yy + 4, f"{lmax * frac:.1f}", size=11, anchor="end",
+                 fill=COLORS["loss"])
+        svg.text(left + pw + 6, yy + 4, f"{frac:.2f}", size=11, fill=COLORS["acc"])
+    for i in range(6):
+        s = smax * i / 5
+        svg.text(x(s), top + ph + 16, f"{s:.0f}", size=11, anchor="middle")
+    svg.text(left + pw, H - 10, "step", size=12, anchor="end")
+    svg.text(left - 50, top - 8, "loss", size=12, fill=COLORS["loss"])
+    svg.text(left + pw + 10, top - 8, "accuracy", size=12, fill=COLORS["acc"])
+    svg.polyline([(x(s), y_loss(v)) for s, v in zip(steps, losses)], COLORS["loss"])
+    svg.polyline([(x(s), y_acc(v)) for s, v in zip(steps, accs)], COLORS["acc"])
+    if heldout is not None:
+        s, hl, ha = heldout
+        svg.rect(x(s) - 4, y_acc(ha) - 4, 8, 8, COLORS["acc"])
+        svg.text(x(s) - 8, y_acc(ha) + 18, f"held-out accuracy {ha:.3f}", size=11,
+                 anchor="end", fill=COLORS["acc"])
+    svg.text(left, H - 10, "train loss and accuracy at the logged steps (one batch each)",
+             size=11, fill="#666")
+    return svg.render()
+
+
+def write(path, text):
+    """Write text to path via a temporary file, so a figure is never half-written."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--curve", help="draw only the training curve of this metrics.csv")
+    parser.add_argument("--out", help="with --curve: the SVG file to write")
+    parser.add_argument("--folder", default=str(HERE), help="where to write all figures")
+    args = parser.parse_args(argv)
+    if args.curve:
+        out = args.out or str(Path(args.curve).with_suffix(".svg"))
+        write(out, curve_svg(args.curve))
+        print(f"wrote {out}")
+        return [out]
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {"chunk-tiles.svg": chunk_tiles_svg(), "windows.svg": windows_svg(),
+               "training-curve.svg": curve_svg(DEFAULT_METRICS, "MQAR, the default run of "
+                                               "python -m gla_np.train")}
+    written = []
+    for name, text in figures.items():
+        write(folder / name, text)
+        written.append(str(folder / name))
+        print(f"wrote {folder / name}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
