@@ -18,6 +18,8 @@ namespace: ``linear.forward(x, W, b)``, ``recurrent.backward(do, dS_T, cache)``.
 6. Checking another GLA implementation: ``testing`` (``reference``, ``assert_close``, hypothesis
    strategies) and ``python -m gla_np.golden`` (golden cases for any language); imported on
    demand, ``from gla_np import testing``.
+7. fla's models: ``fla`` loads a checkpoint of fla's ``GLAForCausalLM`` into ``lm``'s params
+   and saves one that fla loads.
 """
 
 from gla_np.gradcheck import GradcheckError, GradcheckReport, TensorCheck, gradcheck
@@ -38,5 +40,8 @@ from gla_np.model import GLAConfig
 
 # training
 from gla_np import checkpoint, lm, optim, tasks  # not train: it is a command, run with -m
+
+# fla's checkpoints
+from gla_np import fla
 
 __version__ = "0.1.0"

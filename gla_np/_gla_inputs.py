@@ -90,6 +90,24 @@ def _layout_hint(layout, x_shape, V, state_shape):
             f"gla_attention(..., layout={other!r})")
 
 
+def _check_sequence_shape(name, x, expected, layout):
+    """check_shape for a (B, ., ., X) sequence array, adding a layout sentence when the array
+    has the expected shape with axes 1 and 2 swapped (one array in the other layout)."""
+    try:
+        check_shape(name, x, expected)
+    except ValueError as err:
+        if len(expected) != 4 or len(x.shape) != 4 or expected[1] == expected[2]:
+            raise
+        swapped = (expected[0], expected[2], expected[1], expected[3])
+        if all(e is None or e == s for s, e in zip(x.shape, swapped)):
+            other = OTHER_LAYOUT[layout]
+            raise ValueError(f"{err}; {name} looks like the {SPELLED[other]} layout ({other}) "
+                             f"while the others are {SPELLED[layout]} ({layout}): transpose "
+                             f"its axes 1 and 2") from None
+        raise
+    return x
+
+
 def _check_arguments(names, lead_letters, q, k, v, g, state, scale, layout="BHTK"):
     """The checks behind both public functions; return ``(*lead, K, V, scale)``.
 
@@ -109,12 +127,12 @@ def _check_arguments(names, lead_letters, q, k, v, g, state, scale, layout="BHTK
         raise ValueError(f"{q_name}: expected shape {spelled('K')} with every size >= 1, "
                          f"got {q.shape}")
     *lead, K = q.shape
-    check_shape(k_name, _check_ndarray(k_name, k, rank), (*lead, K))
-    check_shape(v_name, _check_ndarray(v_name, v, rank), (*lead, None))
+    _check_sequence_shape(k_name, _check_ndarray(k_name, k, rank), (*lead, K), layout)
+    _check_sequence_shape(v_name, _check_ndarray(v_name, v, rank), (*lead, None), layout)
     V = v.shape[-1]
     if V < 1:
         raise ValueError(f"{v_name}: expected shape {spelled('V')} with V >= 1, got {v.shape}")
-    check_shape(g_name, _check_g(g_name, g, rank), (*lead, K))
+    _check_sequence_shape(g_name, _check_g(g_name, g, rank), (*lead, K), layout)
     heads = lead[:2] if layout == "BHTK" or rank == 3 else (lead[0], lead[2])  # (B, H)
     if state is not None:
         _check_ndarray(state_name, state, 4)
@@ -157,7 +175,7 @@ def check_gla_step_inputs(q_t, k_t, v_t, g_t, state=None, scale=None):
 
 
 def _check_upstream(name, x, shape, dtype):
-    check_shape(name, _check_ndarray(name, x, len(shape)), shape)
+    _check_sequence_shape(name, _check_ndarray(name, x, len(shape)), shape, "BHTK")
     if x.dtype != dtype:
         # Casting would hide a mixed-precision graph (say a float64 loss over a float32 model)
         # and, for float64 into float32, silently round the gradient.

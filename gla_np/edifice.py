@@ -12,7 +12,9 @@ What differs, and why (docs/edifice.md has the point-by-point comparison):
 - The core is real GLA (a decaying state with a data-dependent low-rank gate, fla's layer);
   Edifice's core never decays and normalizes by a running sum of 1 + ELU features.
 - Options Edifice lacks are keyword-only: the gate variant, its rank and normalizer, the form
-  of the core, the norm, the short convolution, the dtype, and ``seed`` or ``rng`` for init.
+  of the core, the norm, the short convolution, the dtype, and ``seed`` or ``rng`` for init; for
+  fla's shapes, ``value_head_dim`` (default ``head_dim``), ``intermediate_size`` (default
+  ``hidden_size * expand_factor``) and ``o_norm_eps`` (default ``norm_eps``).
 - ``window_size`` and ``seq_len`` (default: window_size) are accepted and kept in the config,
   but inputs of ANY length are accepted. Edifice fixes the length because XLA compiles per
   shape; NumPy compiles nothing, the model has no positional parameters, and streaming with
@@ -45,7 +47,9 @@ def recommended_defaults():
     return dict(EDIFICE_DEFAULTS)
 
 
-OPTIONS = tuple(f.name for f in dataclasses.fields(GLAConfig)) + ("seed", "rng")
+TOKEN_MODEL_ONLY = ("tie_word_embeddings",)  # gla_np.lm's: these models have no embedding
+OPTIONS = tuple(f.name for f in dataclasses.fields(GLAConfig)
+                if f.name not in TOKEN_MODEL_ONLY) + ("seed", "rng")
 
 
 def _config(opts, embed_dim):
@@ -55,6 +59,9 @@ def _config(opts, embed_dim):
     (they must not both be given) and dropped: they change values, not the configuration.
     """
     for name in opts:
+        if name in TOKEN_MODEL_ONLY:
+            raise ValueError(f"{name}: an option of the token model (gla_np.lm), which has an "
+                             f"embedding; these models take vectors")
         if name not in OPTIONS:
             raise ValueError(f"{name}: unknown option; expected one of {sorted(OPTIONS)}")
     opts = dict(opts)
@@ -157,8 +164,8 @@ class GLABlock(GLAPart):
 def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=64,
           expand_factor=2, dropout=0.1, window_size=60, seq_len=None, *, gate_rank=16,
           gate_normalizer=16, form="chunk", chunk_size=64, norm="rmsnorm", norm_eps=1e-6,
-          gate="vector", use_short_conv=False, conv_size=4, dtype="float64", seed=None,
-          rng=None):
+          gate="vector", use_short_conv=False, conv_size=4, dtype="float64", value_head_dim=None,
+          intermediate_size=None, o_norm_eps=None, seed=None, rng=None):
     """Edifice's ``GLA.build``: a whole model, freshly initialized. ``embed_dim`` is required.
 
     Returns a ``GLAModel``. Init draws from ``rng`` or, if none, ``np.random.default_rng(seed)``.
@@ -170,7 +177,9 @@ def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=6
         num_heads=num_heads, head_dim=head_dim, expand_factor=expand_factor, dropout=dropout,
         window_size=window_size, seq_len=seq_len, gate=gate, gate_rank=gate_rank,
         gate_normalizer=gate_normalizer, form=form, chunk_size=chunk_size, norm=norm,
-        norm_eps=norm_eps, use_short_conv=use_short_conv, conv_size=conv_size, dtype=dtype)
+        norm_eps=norm_eps, use_short_conv=use_short_conv, conv_size=conv_size, dtype=dtype,
+        value_head_dim=value_head_dim, intermediate_size=intermediate_size,
+        o_norm_eps=o_norm_eps)
     return GLAModel(config, model.init_params(config, _rng(seed, rng)))
 
 

@@ -10,7 +10,8 @@ One branch (the gate, ``sh``) decides how much of the other (the up branch, ``u`
 gated linear unit with a swish gate. No biases, as in fla's ``GLAMLP``. Edifice's gated FFN has
 the same three matrices (with biases) and the same inner size ``hidden_size * expand_factor``.
 fla sizes the inner width differently (about 8/3 D rounded up), so at the same
-``expand_factor`` our FFN follows Edifice, not fla.
+``expand_factor`` our FFN follows Edifice, not fla; ``config.intermediate_size`` sets F directly
+(``gla_np.fla`` sets it to fla's value).
 """
 
 from __future__ import annotations
@@ -24,18 +25,23 @@ from gla_np._params import (check_input, check_params, check_upstream, norm_back
                             norm_forward, norm_init, norm_shapes, normal, put, take)
 
 
+def ffn_size(config):
+    """F: ``config.intermediate_size``, or else ``hidden_size * expand_factor`` (Edifice's)."""
+    if config.intermediate_size is not None:
+        return config.intermediate_size
+    return config.hidden_size * config.expand_factor
+
+
 def param_shapes(config):
     """Every parameter's name and shape, in ``init_params`` order."""
-    D = config.hidden_size
-    F = D * config.expand_factor
+    D, F = config.hidden_size, ffn_size(config)
     return {**put(norm_shapes(config.norm, D), "norm."), "W_gate": (D, F), "W_up": (D, F),
             "W_down": (F, D)}
 
 
 def init_params(config, rng):
     """Norm weight 1 (bias 0 for LayerNorm); the three matrices N(0, 0.02)."""
-    D = config.hidden_size
-    F = D * config.expand_factor
+    D, F = config.hidden_size, ffn_size(config)
     dt = np.dtype(config.dtype)
     params = put(norm_init(config.norm, D, dt), "norm.")
     params.update({"W_gate": normal(rng, (D, F), dt), "W_up": normal(rng, (D, F), dt),

@@ -13,10 +13,15 @@ and so does the pre-norm when it is LayerNorm:
     out = x + dropout(u W_o)           (D)                  (10)-(11)
 
 (The numbers are those of docs/derivations/gla-layer.md, which writes each step on its own line.)
+K is ``config.head_dim`` and V is ``config.value_head_dim`` (None: V = K, as in Edifice). q, k and
+the gate are H*K wide; v, the output gate and the output norm are H*V wide. fla's released models
+have K = V/2 (``expand_k=0.5, expand_v=1``).
+
 The output norm (7) is RMSNorm over each head's V values with one weight of size V shared by all
 heads, as in fla. The paper uses LayerNorm per head; we follow fla because it is what trained GLA
 checkpoints use, it has no bias to fight the output gate, and it is one op fewer to read. Its eps
-is fla's layer value, ``O_NORM_EPS`` = 1e-5 (the pre-norms use ``config.norm_eps``).
+is the model's ``config.norm_eps``, as fla's GLA model passes its ``norm_eps`` (default 1e-6) to
+this norm; ``config.o_norm_eps`` asks for another value (fla's layer built on its own uses 1e-5).
 
 ``step`` is the same layer for one position with a carried state (streaming inference); it
 shares the projection and output helpers with ``forward`` and runs ``recurrent.step`` as core.
@@ -33,26 +38,36 @@ from gla_np._params import (check_input, check_params, check_upstream, norm_back
                             norm_forward, norm_init, norm_shapes, normal, put, take)
 from gla_np.attention import gla_attention, gla_attention_backward
 
-O_NORM_EPS = 1e-5  # fla's eps for the per-head output RMSNorm inside the layer
 QKV = ("q", "k", "v")
+
+
+def head_sizes(config):
+    """``(H, K, V)``: heads, key size per head (``head_dim``), value size per head."""
+    V = config.head_dim if config.value_head_dim is None else config.value_head_dim
+    return config.num_heads, config.head_dim, V
+
+
+def output_norm_eps(config):
+    """The eps of the per-head output norm (7): ``o_norm_eps``, or else ``norm_eps``."""
+    return config.norm_eps if config.o_norm_eps is None else config.o_norm_eps
 
 
 def param_shapes(config):
     """Every parameter's name and shape, in ``init_params`` order."""
-    D, H, K, W = config.hidden_size, config.num_heads, config.head_dim, config.conv_size
-    HK = H * K  # V = K: one head_dim for keys and values, as Edifice and fla's defaults
+    (H, K, V), D, W = head_sizes(config), config.hidden_size, config.conv_size
+    HK, HV = H * K, H * V  # q, k and the gate are H*K wide; v and the output path H*V
     shapes = {**put(norm_shapes(config.norm, D), "norm."), "W_q": (D, HK), "W_k": (D, HK),
-              "W_v": (D, HK)}
+              "W_v": (D, HV)}
     if config.use_short_conv:
-        shapes.update({"conv_q": (W, HK), "conv_k": (W, HK), "conv_v": (W, HK)})
+        shapes.update({"conv_q": (W, HK), "conv_k": (W, HK), "conv_v": (W, HV)})
     shapes.update(put(gate.param_shapes(config.gate, D, H, K, config.gate_rank), "gate."))
-    shapes.update({"W_r": (D, HK), "o_norm.w": (K,), "W_o": (HK, D)})
+    shapes.update({"W_r": (D, HV), "o_norm.w": (V,), "W_o": (HV, D)})
     return shapes
 
 
 def init_params(config, rng):
     """The layer's params: linears N(0, 0.02), norm weights 1, gate as ``gate.init_params``."""
-    D, H, K, V = config.hidden_size, config.num_heads, config.head_dim, config.head_dim
+    (H, K, V), D = head_sizes(config), config.hidden_size
     dt = np.dtype(config.dtype)
     params = put(norm_init(config.norm, D, dt), "norm.")
     params.update({"W_q": normal(rng, (D, H * K), dt), "W_k": normal(rng, (D, H * K), dt),
@@ -117,10 +132,10 @@ class OutCache(NamedTuple):
     o_proj: Any  # LinearCache of u W_o
 
 
-def _out_forward(params, o_tok, xn):
+def _out_forward(params, o_tok, xn, eps):
     """(7)-(9) and the projection (10): o_tok (B, T, H, V), xn (B, T, D) -> (B, T, D)."""
     B, T, H, V = o_tok.shape
-    on, c_onorm = rmsnorm.forward(o_tok, params["o_norm.w"], O_NORM_EPS)  # per head, shared w
+    on, c_onorm = rmsnorm.forward(o_tok, params["o_norm.w"], eps)  # per head, shared w
     on = on.reshape(B, T, H * V)
     r, c_r = linear.forward(xn, params["W_r"])  # (B, T, H*V)
     sr, c_act = swish.forward(r)
@@ -172,7 +187,7 @@ def forward(params, x, config, *, training=False, rng=None):
     heads = [a.transpose(0, 2, 1, 3) for a in (q, k, v, g)]
     chunking = {"chunk_size": config.chunk_size} if config.form == "chunk" else {}
     o, _, c_core = gla_attention(*heads, form=config.form, **chunking)
-    y, c_out = _out_forward(params, o.transpose(0, 2, 1, 3), xn)  # (B, T, D)
+    y, c_out = _out_forward(params, o.transpose(0, 2, 1, 3), xn, output_norm_eps(config))
     yd, c_drop = dropout.forward(y, config.dropout, rng, training)
     return x + yd, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
 
@@ -220,7 +235,7 @@ class LayerState(NamedTuple):
 
 def init_state(config, batch):
     """The state before the first token: zeros."""
-    H, K, V = config.num_heads, config.head_dim, config.head_dim
+    H, K, V = head_sizes(config)
     dt = np.dtype(config.dtype)
     conv = ()
     if config.use_short_conv:
@@ -245,5 +260,5 @@ def step(params, x_t, state, config):
     g, _ = gate.forward(take(params, "gate."), xn, kind=config.gate, num_heads=H, head_dim=K,
                         normalizer=config.gate_normalizer)
     o_t, S = recurrent.step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], state.S)  # (B, H, V)
-    y, _ = _out_forward(params, o_t[:, None], xn)
+    y, _ = _out_forward(params, o_t[:, None], xn, output_norm_eps(config))
     return (x + y)[:, 0], LayerState(S, tuple(conv))

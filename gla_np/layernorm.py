@@ -53,8 +53,8 @@ def forward(x, w, b, eps=1e-5):
 def backward(dy, cache):
     """Gradients of LayerNorm. Derivation: docs/derivations/layernorm.md
 
-        g  = dy * w                                               (..., D)
-        dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))       means over the last axis
+        dx_hat = dy * w                                                      (..., D)
+        dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))   means over last axis
         dw = sum over leading axes of dy * x_hat                  (D,)
         db = sum over leading axes of dy                          (D,)
 
@@ -69,14 +69,15 @@ def backward(dy, cache):
     leading = tuple(range(dy.ndim - 1))  # every axis but the last
 
     # forward: y = x_hat * w + b, w and b shared by every row
-    # so:      dw = sum_rows dy * x_hat,   db = sum_rows dy,   g = dL/dx_hat = dy * w
+    # so:      dw = sum_rows dy * x_hat,   db = sum_rows dy,   dx_hat = dL/dx_hat = dy * w
     dw = (dy * x_hat).sum(axis=leading)  # (D,)
     db = dy.sum(axis=leading)  # (D,)
-    g = dy * w  # (..., D)
+    dx_hat = dy * w  # (..., D), dL/dx_hat
 
     # forward: x_hat = (x - mean(x)) * rstd,  rstd = (var(x) + eps)^(-1/2)
-    # so:      dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))   (docs: the three paths)
-    g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1)
-    gx_mean = (g * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
-    dx = rstd * (g - g_mean - x_hat * gx_mean)  # (..., D)
+    # so:      dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+    #          (docs: the three paths)
+    dx_hat_mean = dx_hat.mean(axis=-1, keepdims=True)  # (..., 1)
+    dx_hat_x_hat_mean = (dx_hat * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
+    dx = rstd * (dx_hat - dx_hat_mean - x_hat * dx_hat_x_hat_mean)  # (..., D)
     return dx, dw, db

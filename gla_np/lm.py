@@ -3,6 +3,7 @@
     x      = E[ids]                      (B, T, D)   gla_np.embedding           (1)
     h      = GLA-model(x)                (B, T, D)   gla_np.model, every position (2)
     logits = h W_head                    (B, T, V)   gla_np.linear, no bias     (3)
+                                                     tied: W_head = E^T
     loss   = mean CE(logits, targets)    scalar      over target positions only (4)
 
 ``loss_and_grads`` runs the head (3) and the loss (4) only at the target positions: the others
@@ -14,8 +15,10 @@ The model's ``embed_dim`` must equal its ``hidden_size`` (the embedding already 
 width, so the stack needs no input projection). The stack ends with its own norm, so the head
 reads normalised features. Params: ``"embedding.weight"`` (V, D), the stack's own names (from
 ``gla_np.model.init_params``, which never start with "embedding" or "head") and
-``"head.weight"`` (D, V). Embedding and head are separate matrices (not tied) and start as
-N(0, 0.02^2) like every other weight.
+``"head.weight"`` (D, V). Embedding and head are separate matrices and start as N(0, 0.02^2)
+like every other weight, unless ``config.tie_word_embeddings``: then there is no
+``"head.weight"``, the head is the embedding matrix transposed (fla's and GPT-2's tying), and
+E's gradient is the sum of its two uses, the lookup's and the head's.
 
 One init differs from the stack's own: with ``use_short_conv`` the convolution kernels (W, C)
 are redrawn from U(-1/sqrt(W), 1/sqrt(W)), PyTorch's default for a depthwise Conv1d. From the
@@ -32,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import cross_entropy, embedding, linear, model
+from gla_np import _params, cross_entropy, embedding, gate, linear, model
 from gla_np._checks import check_positive_int
 from gla_np._params import normal
 
@@ -53,12 +56,18 @@ def init_params(config, vocab_size, rng):
     D, dt = config.hidden_size, np.dtype(config.dtype)
     params = {EMBEDDING: normal(rng, (V, D), dt)}
     params.update(model.init_params(config, rng))
-    params[HEAD] = normal(rng, (D, V), dt)
+    if not config.tie_word_embeddings:
+        params[HEAD] = normal(rng, (D, V), dt)
     bound = 1.0 / np.sqrt(config.conv_size)
     for name in params:
         if name.rsplit(".", 1)[-1].startswith("conv_"):  # blocks.<i>.attn.conv_q, _k, _v
             params[name] = rng.uniform(-bound, bound, params[name].shape).astype(dt)
     return params
+
+
+def _own_names(config):
+    """The token model's own parameter names: the embedding, and the head unless tied."""
+    return (EMBEDDING,) if config.tie_word_embeddings else (EMBEDDING, HEAD)
 
 
 def _stack(params):
@@ -73,6 +82,7 @@ class LMCache(NamedTuple):
     stack: Any  # the model's cache of (2)
     head: Any  # LinearCache of (3)
     positions: Any  # bool (B, T): where the head ran; None: everywhere
+    tied: bool  # the head was the embedding matrix transposed (no "head.weight")
 
 
 def forward(params, ids, config, *, training=False, rng=None, positions=None):
@@ -82,9 +92,12 @@ def forward(params, ids, config, *, training=False, rng=None, positions=None):
     array, runs the head only where it is True: logits are then (n, V), n = positions.sum().
     """
     _check_config(config)
-    for name in (EMBEDDING, HEAD):
+    for name in _own_names(config):
         if name not in params:
             raise ValueError(f"params: expected an entry {name!r} (see lm.init_params)")
+    if config.tie_word_embeddings and HEAD in params:
+        raise ValueError(f"params: unexpected entry {HEAD!r}: with tie_word_embeddings the head "
+                         f"is {EMBEDDING!r} transposed")
     ids = np.asarray(ids)
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (B, T), got {ids.shape}")
@@ -98,8 +111,9 @@ def forward(params, ids, config, *, training=False, rng=None, positions=None):
                                return_sequence=True)  # (B, T, D)
     if positions is not None:
         h = h[positions]  # (n, D): only the rows the head is asked for
-    logits, c_head = linear.forward(h, params[HEAD])  # (B, T, V), or (n, V) with positions
-    return logits, LMCache(c_emb, c_stack, c_head, positions)
+    W_head = params[EMBEDDING].T if config.tie_word_embeddings else params[HEAD]  # (D, V)
+    logits, c_head = linear.forward(h, W_head)  # (B, T, V), or (n, V) with positions
+    return logits, LMCache(c_emb, c_stack, c_head, positions, config.tie_word_embeddings)
 
 
 def backward(dlogits, cache):
@@ -108,6 +122,7 @@ def backward(dlogits, cache):
         dh, dW_head = linear'(dlogits)       (3)
         dx, grads   = model'(dh)             (2)
         dE          = embedding'(dx)         (1)
+        tied (W_head = E^T):  dE = embedding'(dx) + dW_head^T
 
     Each line is its module's backward: docs/derivations/linear.md, docs/derivations/model.md,
     docs/derivations/embedding.md (and docs/derivations/cross_entropy.md for dlogits).
@@ -118,8 +133,12 @@ def backward(dlogits, cache):
         dh_rows, dh = dh, np.zeros((*cache.positions.shape, dh.shape[-1]), dtype=dh.dtype)
         dh[cache.positions] = dh_rows  # (B, T, D)
     dx, grads = model.backward(dh, cache.stack)
-    dE = embedding.backward(dx, cache.embedding)
-    return {EMBEDDING: dE, **grads, HEAD: dW_head}
+    dE_embed = embedding.backward(dx, cache.embedding)
+    if cache.tied:
+        # forward: x = E[ids] and logits = h E^T   so: dE_head = dW_head^T, added to the lookup's
+        dE = dE_embed + dW_head.T  # E feeds the lookup and the head
+        return {EMBEDDING: dE, **grads}
+    return {EMBEDDING: dE_embed, **grads, HEAD: dW_head}
 
 
 def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
@@ -139,3 +158,23 @@ def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
     loss, c_loss = cross_entropy.forward(logits, targets[asked], ignore_index=-100)
     dlogits = cross_entropy.backward(1.0, c_loss)  # (n, V)
     return float(loss), backward(dlogits, cache), logits
+
+
+def forget_gates(params, ids, config):
+    """The log forget gates g <= 0 of every layer on ``ids``: a tuple of (B, T, H, K) arrays.
+
+    exp(g) is how much of each state row a head keeps at each token. Each layer's gate reads
+    the output of that layer's pre-norm, which the forward's cache holds (xn = x_hat * w, + b
+    for LayerNorm, the very product the forward computed).
+    """
+    _, cache = forward(params, ids, config)
+    H, K = config.num_heads, config.head_dim
+    gates = []
+    for i, c in enumerate(cache.stack.blocks):
+        p = _params.take(params, f"blocks.{i}.attn.")
+        xn = c.attn.norm.op.x_hat * p["norm.w"] + (p["norm.b"] if config.norm == "layernorm"
+                                                   else 0)
+        g, _ = gate.forward(_params.take(p, "gate."), xn, kind=config.gate, num_heads=H,
+                            head_dim=K, normalizer=config.gate_normalizer)
+        gates.append(g)
+    return tuple(gates)

@@ -39,6 +39,13 @@ class GLAConfig:
     and fla's for what Edifice lacks (gate rank 16, normalizer 16, RMSNorm). ``seq_len`` (default
     ``window_size``) records the length the model is meant for; it is not enforced (see
     docs/edifice.md: nothing is compiled per length, and streaming runs past any length).
+
+    Options for fla's models, each defaulting to what Edifice does:
+    ``value_head_dim`` V per head (None: ``head_dim``, so K = V; fla's released models have
+    K = V/2); ``intermediate_size`` the FFN's inner width (None: ``hidden_size * expand_factor``);
+    ``o_norm_eps`` the eps of the layer's per-head output norm (None: ``norm_eps``, as fla's
+    model passes its ``norm_eps`` there); ``tie_word_embeddings`` (token model only,
+    ``gla_np.lm``): the output head reuses the embedding matrix.
     """
 
     embed_dim: int
@@ -60,6 +67,10 @@ class GLAConfig:
     use_short_conv: bool = False
     conv_size: int = 4
     dtype: str = "float64"
+    value_head_dim: int | None = None
+    intermediate_size: int | None = None
+    o_norm_eps: float | None = None
+    tie_word_embeddings: bool = False
 
     def __post_init__(self):
         for name in ("embed_dim", "hidden_size", "num_layers", "num_heads", "head_dim",
@@ -70,12 +81,17 @@ class GLAConfig:
         object.__setattr__(self, "dropout", check_rate("dropout", self.dropout))
         check_positive_real("gate_normalizer", self.gate_normalizer)
         check_positive_real("norm_eps", self.norm_eps)
+        for name in ("value_head_dim", "intermediate_size"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+        if self.o_norm_eps is not None:
+            check_positive_real("o_norm_eps", self.o_norm_eps)
         check_choice("gate", self.gate, GATES)
         check_choice("form", self.form, FORMS)
         check_choice("norm", self.norm, NORMS)
-        if not isinstance(self.use_short_conv, bool):
-            raise ValueError(f"use_short_conv: expected True or False, "
-                             f"got {self.use_short_conv!r}")
+        for name in ("use_short_conv", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         dtype = self.dtype
         if not isinstance(dtype, str):
             dtype = np.dtype(dtype).name if dtype in (np.float32, np.float64) else repr(dtype)

@@ -51,8 +51,8 @@ def forward(x, w, eps=1e-6):
 def backward(dy, cache):
     """Gradients of RMSNorm. Derivation: docs/derivations/rmsnorm.md
 
-        g  = dy * w                                      (..., D)
-        dx = rstd * (g - x_hat * mean(g * x_hat))        mean over the last axis
+        dx_hat = dy * w                                       (..., D)
+        dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   mean over the last axis
         dw = sum over ALL leading axes of dy * x_hat     (D,)  (heads included)
 
     ``dy`` (..., D); None means zero. Returns (dx, dw).
@@ -65,15 +65,15 @@ def backward(dy, cache):
     check_same_dtype(dy=dy, x=x_hat)
 
     # forward: y = x_hat * w, one w for every row
-    # so:      dw = sum_rows dy * x_hat,   g = dL/dx_hat = dy * w
-    D = dy.shape[-1]
-    dw = (dy * x_hat).reshape(-1, D).sum(axis=0)  # (D,), the leading axes as one row axis
-    g = dy * w  # (..., D)
+    # so:      dw = sum_rows dy * x_hat,   dx_hat = dL/dx_hat = dy * w
+    dw = (dy * x_hat).reshape(-1, w.size).sum(axis=0)  # (D,), the leading axes as one row axis
+    dx_hat = dy * w  # (..., D), dL/dx_hat
 
     # forward: x_hat = x * rstd,  rstd = (mean(x^2) + eps)^(-1/2)
-    # so:      dx = rstd * (g - x_hat * mean(g * x_hat))   (docs: the two paths)
-    gx_mean = np.einsum("...d,...d->...", g, x_hat)[..., None] / g.dtype.type(D)  # (..., 1)
-    dx = x_hat * gx_mean  # (..., D), then in place: g - x_hat * gx_mean, times rstd
-    np.subtract(g, dx, out=dx)
+    # so:      dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs: the two paths)
+    D = dx_hat.dtype.type(w.size)  # the mean's divisor in the data's dtype
+    dx_hat_x_hat_mean = np.einsum("...d,...d->...", dx_hat, x_hat)[..., None] / D  # (..., 1)
+    dx = x_hat * dx_hat_x_hat_mean  # (..., D), then in place: dx_hat - that, times rstd
+    np.subtract(dx_hat, dx, out=dx)
     dx *= rstd
     return dx, dw

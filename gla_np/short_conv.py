@@ -3,8 +3,8 @@
 Each channel c has its own kernel of W taps (W = 4 in fla); position t mixes itself with the
 W - 1 positions before it and never with later ones:
 
-    y[b, t, c] = sum_{j=0}^{W-1} w[j, c] * xp[b, t + j, c]        (1)
-    xp = concat(prefix, x) along time,  prefix (B, W-1, C)
+    xp = concat(prefix, x) along time,  prefix (B, W-1, C)         (1)
+    y[b, t, c] = sum_{j=0}^{W-1} w[j, c] * xp[b, t + j, c]        (2)
 
 ``prefix`` is zeros at the start of a sequence, or the last W - 1 inputs of the previous piece
 when streaming: that buffer is the convolution's whole state. w[W-1] weighs the current position.
@@ -32,7 +32,7 @@ class ShortConvCache(NamedTuple):
 
 
 def forward(x, w, prefix=None):
-    """Causal depthwise convolution (1). x (B, T, C), w (W, C), prefix (B, W-1, C) or None.
+    """Causal depthwise convolution (2). x (B, T, C), w (W, C), prefix (B, W-1, C) or None.
 
     Returns ``(y, cache)``, y (B, T, C) in x's dtype. The next piece's prefix is
     ``new_prefix(cache)``.
@@ -50,7 +50,7 @@ def forward(x, w, prefix=None):
 
     xp = np.concatenate([prefix_arr, x], axis=1)  # (B, W-1+T, C)
     y = np.zeros_like(x)
-    for j in range(W):  # W is tiny (4): one shifted, weighted copy per tap
+    for j in range(W):  # W is tiny, 4 in fla: one shifted, weighted copy per tap
         y = y + w[j] * xp[:, j:j + T]
     return y, ShortConvCache(xp, w, prefix is not None)
 
@@ -78,7 +78,7 @@ def backward(dy, cache):
     dxp = np.zeros_like(xp)  # (B, W-1+T, C)
     dw = np.empty_like(w)
     for j in range(W):
-        # forward (1): y[:, t] += w[j] * xp[:, t + j]
+        # forward (2): y[:, t] += w[j] * xp[:, t + j]
         # so: dxp[:, t + j] += w[j] * dy[:, t],  dw[j] = sum over b, t of xp[:, t + j] * dy[:, t]
         dxp[:, j:j + T] += w[j] * dy
         dw[j] = (xp[:, j:j + T] * dy).sum(axis=(0, 1))

@@ -15,9 +15,14 @@ stores the parameters, the optimizer state and the step) continues bit for bit a
 had never stopped. The held-out batches come from their own stream, so they are not training
 batches.
 
-At the end the model is evaluated on ``eval_batches`` held-out batches, and the output folder
-gets ``checkpoint.npz`` (see gla_np.checkpoint) and ``metrics.csv`` (one row per logged step,
-and a last row with the held-out loss and accuracy).
+The output folder gets ``checkpoint.npz`` (see gla_np.checkpoint) every ``save_every`` steps
+and at the end, and ``metrics.csv`` (one row per logged step, and a last row with the held-out
+loss and accuracy) at every logged step and before every checkpoint, so the CSV is never older
+than the checkpoint. Both are written atomically. At the end the model is evaluated on
+``eval_batches`` held-out batches. Ctrl-C (SIGINT) or SIGTERM saves the last finished step and
+stops; a loss or gradient that is not finite stops the run and keeps the last good checkpoint.
+What is refused up front, before any step, is in gla_np._train_checks; docs/reliability.md
+describes all of it from the user's side.
 
 The defaults train MQAR (T = 64, 8 key-value pairs, vocabulary 256) to >= 99 % held-out accuracy
 on a 2-core CPU in under five minutes; docs/experiments.md has the measurements.
@@ -26,23 +31,35 @@ on a 2-core CPU in under five minutes; docs/experiments.md has the measurements.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
+import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 
-from gla_np import checkpoint, cross_entropy, data_parallel, lm, optim, tasks
+from gla_np import _train_checks, checkpoint, cross_entropy, data_parallel, lm, optim, tasks
 from gla_np.model import GLAConfig
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
 RUN_OPTIONS = ("task", "seq_len", "num_pairs", "num_tokens", "vocab_size", "steps", "batch_size",
                "lr", "min_lr", "warmup", "weight_decay", "clip", "form", "gate", "hidden",
-               "layers", "heads", "head_dim", "expand", "short_conv", "dropout", "dtype", "seed")
+               "layers", "heads", "head_dim", "expand", "short_conv", "dropout", "dtype", "seed",
+               "eval_batches")
 STREAM_DATA, STREAM_DROPOUT, STREAM_EVAL, STREAM_INIT = 0, 1, 2, 3
 CSV_FIELDS = ("step", "split", "loss", "accuracy", "lr", "grad_norm", "tokens_per_sec",
               "elapsed_sec")
+# Options that shape the files or the last bits of the numbers (threads: the shards' rounding
+# and, with dropout, their masks): saved with the run, reused on resume unless given again.
+SESSION_SAVED = ("log_every", "save_every", "threads")
+CHECKPOINT, METRICS = "checkpoint.npz", "metrics.csv"
 
 
 def build_parser():
@@ -60,7 +77,7 @@ def build_parser():
     a("--vocab_size", type=int, default=256, help="vocabulary size")
     a("--steps", type=int, default=1500, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
-    a("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    a("--lr", type=float, default=3e-3, help="peak learning rate (AdamW), at most 1")
     a("--min_lr", type=float, default=3e-4, help="learning rate at the end of the cosine decay")
     a("--warmup", type=int, default=50, help="linear warmup steps")
     a("--weight_decay", type=float, default=0.1,
@@ -80,14 +97,20 @@ def build_parser():
     a("--dropout", type=float, default=0.0, help="dropout rate")
     a("--dtype", default="float32", choices=["float32", "float64"], help="floating point type")
     a("--seed", type=int, default=0, help="seed of every random stream (init, data, dropout)")
+    a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
     a("--out", default=os.path.join("runs", "latest"),
-      help="output folder for checkpoint.npz and metrics.csv")
+      help="output folder for checkpoint.npz and metrics.csv (with --resume: default the "
+           "checkpoint's own folder)")
     a("--resume", default=None, metavar="CHECKPOINT",
-      help="continue the run saved in this checkpoint (its options are reused)")
+      help="continue the run saved in this checkpoint (its options are reused; an option "
+           "given here must agree with it)")
+    a("--overwrite", action="store_true",
+      help="start afresh in an --out folder that holds another run's checkpoint, deleting it")
     a("--stop_after", type=int, default=None,
       help="stop after this many steps in total and save a checkpoint, as if interrupted "
            "(continue later with --resume); no held-out evaluation")
-    a("--eval_batches", type=int, default=16, help="held-out batches for the final evaluation")
+    a("--save_every", type=int, default=250,
+      help="save a checkpoint every this many steps (and always at the end and on Ctrl-C)")
     a("--log_every", type=int, default=25, help="print a progress line every this many steps")
     a("--threads", type=int, default=None,
       help="threads per training step, each running a shard of the batch (gla_np."
@@ -124,52 +147,19 @@ def batch(run, stream, index):
                             **task_sizes(run))
 
 
-def _check_run(run):
-    for name in ("steps", "batch_size", "eval_batches", "log_every", "stop_after"):
-        if name in run and run[name] < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {run[name]}")
-    if run["seed"] < 0:
-        raise ValueError(f"seed: expected an integer >= 0, got {run['seed']}")
-    for name in ("lr", "clip"):
-        if not run[name] > 0:
-            raise ValueError(f"{name}: expected a number > 0, got {run[name]}")
-    if not 0 <= run["warmup"] <= run["steps"]:
-        raise ValueError(f"warmup: expected 0 <= warmup <= steps={run['steps']}, "
-                         f"got {run['warmup']}")
-    if not 0 <= run["min_lr"] <= run["lr"]:
-        raise ValueError(f"min_lr: expected 0 <= min_lr <= lr={run['lr']}, got {run['min_lr']}")
-    batch(run, STREAM_EVAL, 0)  # task sizes: raises ValueError naming the bad option
-    model_config(run)  # model sizes: likewise
-
-
-def _resolve_run(args, parser):
-    """The run options: from the command line, or from the checkpoint when resuming.
-
-    When resuming, an option given on the command line with a value other than its default must
-    agree with the checkpoint; the others are taken from the checkpoint.
-    """
-    given = {name: getattr(args, name) for name in RUN_OPTIONS}
-    if args.resume is None:
-        return given
-    stored = checkpoint.load(args.resume).config
-    conflicts = [f"--{n} {given[n]!r} (checkpoint: {stored.get(n)!r})" for n in RUN_OPTIONS
-                 if given[n] != parser.get_default(n) and given[n] != stored.get(n)]
-    if conflicts:
-        raise ValueError(f"resume: options differ from the checkpoint {args.resume}: "
-                         + ", ".join(conflicts))
-    return {name: stored.get(name, given[name]) for name in RUN_OPTIONS}
-
-
 def _format_time(seconds):
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}m{seconds:02d}s"
 
 
-def evaluate(params, run, num_batches):
-    """Held-out (loss, accuracy) over ``num_batches`` batches of the evaluation stream."""
+def evaluate(params, run, num_batches, should_stop=None):
+    """Held-out (loss, accuracy) over ``num_batches`` batches of the evaluation stream, or None
+    when ``should_stop()`` asks to stop between two batches."""
     config = model_config(run)
     losses, correct, counted = [], 0, 0
     for i in range(num_batches):
+        if should_stop is not None and should_stop():
+            return None
         ids, targets = batch(run, STREAM_EVAL, i)
         logits, _ = lm.forward(params, ids, config)
         loss, _ = cross_entropy.forward(logits, targets)
@@ -180,45 +170,184 @@ def evaluate(params, run, num_batches):
     return float(np.mean(losses)), correct / counted
 
 
-def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=25,
-          log=print, threads=None):
+# -- the output folder -----------------------------------------------------------------------
+
+class RunStopped(Exception):
+    """The run stopped before its end: interrupted, diverged, out of memory, or a save failed.
+
+    ``str(err)`` is the one-line message for the user; ``status`` the exit status the command
+    uses (128 + the signal number for a signal, 1 otherwise).
+    """
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+class RunFolder:
+    """The files of a run in ``out``; remembers the last checkpoint that holds good state."""
+
+    def __init__(self, out, run, session):
+        self.run, self.session = run, session
+        self.checkpoint = os.path.join(out, CHECKPOINT)
+        self.metrics = os.path.join(out, METRICS)
+        self.good = None  # (path, step) of the last checkpoint written or resumed from
+
+    def write_metrics(self, history):
+        """metrics.csv from ``history``, atomically; nothing while there are no rows."""
+        if not history:
+            return
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        writer.writerows(history)
+        try:
+            checkpoint.write_atomic(self.metrics, lambda f: f.write(text.getvalue().encode()))
+        except OSError as err:
+            raise RunStopped(f"could not write {self.metrics} at step {history[-1][0]} "
+                             f"({err.strerror or err}); {self.kept()}") from None
+
+    def save(self, params, opt_state, step, history, elapsed):
+        """The CSV, then the checkpoint: a kill between the two leaves the CSV newer, never
+        older, and a resume rewrites it from the checkpoint's own history."""
+        self.write_metrics(history)
+        try:
+            checkpoint.save(self.checkpoint, config=self.run, params=params,
+                            opt_state=opt_state, step=step,
+                            extra={"history": history, "elapsed_sec": elapsed,
+                                   **self.session})
+        except OSError as err:
+            raise RunStopped(f"could not save {self.checkpoint} at step {step} "
+                             f"({err.strerror or err}); {self.kept()}") from None
+        self.good = (self.checkpoint, step)
+
+    def saved_at(self, step):
+        return self.good is not None and self.good[1] == step and self.good[0] == self.checkpoint
+
+    def kept(self):
+        if self.good is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint {self.good[0]} (step {self.good[1]}) is kept"
+
+
+def resume_command(path):
+    return f"python -m gla_np.train --resume {shlex.quote(path)}"
+
+
+def _load_resume(path, run, params, opt_state):
+    """The state saved in checkpoint ``path``, checked against this run's shapes."""
+    ck = checkpoint.load(path, config=run, params_like=params, opt_state_like=opt_state)
+    where = f"checkpoint {path}"
+    if ck.step > run["steps"]:
+        raise ValueError(f"{where}: step {ck.step} is beyond config['steps'] = {run['steps']}")
+    if int(ck.opt_state["step"]) != ck.step:
+        raise ValueError(f"{where}: entry 'opt/step' is {int(ck.opt_state['step'])}, expected "
+                         f"the checkpoint's step {ck.step}")
+    bad = _first_nonfinite(ck.params)
+    if bad is not None:
+        raise ValueError(f"{where}: entry 'param/{bad}' holds nan or inf")
+    history = ck.extra.get("history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(row, list) and len(row) == len(CSV_FIELDS) and _is_int(row[0])
+            and row[1] in ("train", "heldout") for row in history):
+        raise ValueError(f"{where}: extra['history']: expected a list of rows of "
+                         f"{len(CSV_FIELDS)} values ({', '.join(CSV_FIELDS)})")
+    elapsed = ck.extra.get("elapsed_sec", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not elapsed >= 0:
+        raise ValueError(f"{where}: extra['elapsed_sec']: expected a number >= 0, got "
+                         f"{elapsed!r}")
+    # rows past the checkpoint's step come from a CSV written after it: drop them
+    history = [row for row in history if row[0] <= ck.step]
+    return ck.params, ck.opt_state, ck.step, history, float(elapsed)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _first_nonfinite(arrays):
+    return next((name for name, a in arrays.items() if not np.isfinite(a).all()), None)
+
+
+def _diverged(run, step, what, folder):
+    return RunStopped(f"diverged at step {step + 1} of {run['steps']}: {what}; "
+                      f"{folder.kept()}. Try a lower learning rate in a new run, say --lr "
+                      f"{run['lr'] / 10:g} (this run: {run['lr']:g}; --overwrite replaces it)")
+
+
+def _heldout_row(history, step):
+    return next((row for row in history if row[0] == step and row[1] == "heldout"), None)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def _print(line):
+    print(line, flush=True)
+
+
+def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=250,
+          threads=None, log=_print, should_stop=None):
     """Run (or continue) training; returns a dict with the params, metrics and timings.
 
     ``threads`` shards each step's batch over that many threads (None: every core); the shards'
-    gradients are combined exactly (gla_np.data_parallel), so it changes speed and rounding only.
+    gradients are combined exactly (gla_np.data_parallel), so it changes speed and rounding
+    only (and, with dropout, the masks drawn).
+
+    ``should_stop()`` (checked before every step and between held-out batches) returns a
+    signal number to stop at, or None; ``main`` wires it to SIGINT and SIGTERM. Raises
+    RunStopped when the run stops early (interrupted, diverged, a failed save), after saving
+    what can be saved.
     """
-    _check_run({**run, "eval_batches": eval_batches, "log_every": log_every,
-                **({} if stop_after is None else {"stop_after": stop_after})})
+    _train_checks.check_run(run)
+    threads = data_parallel.default_threads() if threads is None else threads
+    _train_checks.check_session({"log_every": log_every, "save_every": save_every,
+                                 "stop_after": stop_after, "threads": threads})
     config = model_config(run)
     opt = optim.AdamW(weight_decay=run["weight_decay"])
     params = lm.init_params(config, run["vocab_size"], _rng(run, STREAM_INIT, 0))
     opt_state = opt.init(params)
+    folder = RunFolder(out, run, {"log_every": log_every, "save_every": save_every,
+                                  "threads": threads})
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
-        ck = checkpoint.load(resume, config=run, params_like=params, opt_state_like=opt_state)
-        params, opt_state, start = ck.params, ck.opt_state, ck.step
-        history, elapsed_before = ck.extra.get("history", []), ck.extra.get("elapsed_sec", 0.0)
+        params, opt_state, start, history, elapsed_before = _load_resume(
+            resume, run, params, opt_state)
+        folder.good = (folder.checkpoint if _same_file(resume, folder.checkpoint) else resume,
+                       start)
         log(f"resumed from {resume} at step {start}")
     stop = run["steps"] if stop_after is None else min(stop_after, run["steps"])
     if stop < start:
-        raise ValueError(f"stop_after: expected >= {start}, the step the checkpoint is at, "
+        raise ValueError(f"--stop_after: expected >= {start}, the step the checkpoint is at, "
                          f"got {stop_after}")
     os.makedirs(out, exist_ok=True)
-    log(f"training {run['task']} with {sum(p.size for p in params.values()):,} parameters "
-        f"({config.num_layers} layers, hidden {config.hidden_size}, gate {config.gate}, form "
-        f"{config.form}, {config.dtype}) for steps {start}..{stop} of {run['steps']}")
+    folder.write_metrics(history)  # on resume: the CSV matches the checkpoint again
+    if resume is not None and not history and folder.saved_at(start):
+        with contextlib.suppress(FileNotFoundError):  # it can only hold rows past the checkpoint
+            os.unlink(folder.metrics)
+    should_stop = should_stop or (lambda: None)
+    if start < stop:
+        log(f"training {run['task']} with {sum(p.size for p in params.values()):,} parameters "
+            f"({config.num_layers} layers, hidden {config.hidden_size}, gate {config.gate}, "
+            f"form {config.form}, {config.dtype}) for steps {start}..{stop} of {run['steps']}")
 
     t0 = time.perf_counter()
     window_t, window_steps = t0, 0
+
+    def elapsed():
+        return elapsed_before + time.perf_counter() - t0
+
     for step in range(start, stop):
+        if should_stop():
+            _interrupted(should_stop(), step, run, folder, params, opt_state, history, elapsed())
         ids, targets = batch(run, STREAM_DATA, step)
-        loss, grads, logits = data_parallel.loss_and_grads(
-            params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
-            rng=_rng(run, STREAM_DROPOUT, step))
-        grads, grad_norm = optim.clip_by_global_norm(grads, run["clip"])
-        lr = optim.warmup_cosine(step, peak_lr=run["lr"], warmup_steps=run["warmup"],
-                                 total_steps=run["steps"], min_lr=run["min_lr"])
-        params, opt_state = opt.step(params, grads, opt_state, lr)
+        try:
+            loss, grads, logits, grad_norm, lr, new_params, new_state = _step(
+                run, config, opt, params, opt_state, ids, targets, step, folder, threads)
+        except MemoryError:
+            held = _save_finished(folder, step, params, opt_state, history, elapsed())
+            raise RunStopped(f"out of memory at step {step + 1} of {run['steps']}; {held}; "
+                             f"lower --batch_size or --seq_len in a new run") from None
+        params, opt_state = new_params, new_state
         window_steps += 1
         if (step + 1) % log_every == 0 or step + 1 == stop:
             now = time.perf_counter()
@@ -227,47 +356,226 @@ def train(run, *, out, resume=None, stop_after=None, eval_batches=16, log_every=
             row = {"step": step + 1, "split": "train", "loss": loss, "accuracy": acc, "lr": lr,
                    "grad_norm": grad_norm,
                    "tokens_per_sec": ids.size / per_step,
-                   "elapsed_sec": elapsed_before + now - t0}
+                   "elapsed_sec": elapsed()}
             history.append([row[f] for f in CSV_FIELDS])
+            folder.write_metrics(history)
             log(f"step {step + 1:>6}/{run['steps']}  loss {loss:.4f}  acc {acc:.3f}  "
                 f"lr {lr:.2e}  gnorm {grad_norm:.2f}  {row['tokens_per_sec']:,.0f} tok/s  "
                 f"left {_format_time(per_step * (stop - step - 1))}")
             window_t, window_steps = now, 0
+        if (step + 1) % save_every == 0 or step + 1 == stop:
+            folder.save(params, opt_state, step + 1, history, elapsed())
 
-    elapsed = elapsed_before + time.perf_counter() - t0
     result = {"params": params, "opt_state": opt_state, "step": stop, "history": history,
-              "train_sec": elapsed}
-    if stop == run["steps"]:
-        loss, acc = evaluate(params, run, eval_batches)
-        history.append([stop, "heldout", loss, acc, "", "", "",
-                        elapsed_before + time.perf_counter() - t0])
-        result.update(heldout_loss=loss, heldout_accuracy=acc)
-    path = os.path.join(out, "checkpoint.npz")
-    checkpoint.save(path, config=run, params=params, opt_state=opt_state, step=stop,
-                    extra={"history": history, "elapsed_sec": elapsed})
-    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_FIELDS)
-        writer.writerows(history)
-    if "heldout_accuracy" in result:
-        log(f"held-out: loss {result['heldout_loss']:.4f}  accuracy "
-            f"{result['heldout_accuracy']:.4f} ({eval_batches} batches of {run['batch_size']})")
-    log(f"wrote {path} and {os.path.join(out, 'metrics.csv')}; "
-        f"total {_format_time(time.perf_counter() - t0 + elapsed_before)}")
+              "train_sec": elapsed()}
+    if stop < run["steps"]:
+        log(f"stopped at step {stop} of {run['steps']} (--stop_after); wrote "
+            f"{folder.checkpoint} and {folder.metrics}; continue with: "
+            f"{resume_command(folder.checkpoint)}")
+        return result
+    if not folder.saved_at(stop):  # a resumed run that had finished its steps
+        folder.save(params, opt_state, stop, history, elapsed())
+    done = _heldout_row(history, stop)
+    if done is None:
+        with np.errstate(all="ignore"):
+            try:
+                measured = evaluate(params, run, run["eval_batches"], should_stop)
+            except ValueError as err:  # as in _step: an internal check saw nan or inf
+                if "nan or inf" not in str(err):
+                    raise
+                raise _diverged(run, stop - 1, "the held-out evaluation overflowed to nan or "
+                                "inf inside the model", folder) from None
+        if measured is None:
+            _interrupted(should_stop(), stop, run, folder, params, opt_state, history,
+                         elapsed())
+        history.append([stop, "heldout", *measured, "", "", "", elapsed()])
+        folder.save(params, opt_state, stop, history, elapsed())
+        done = history[-1]
+    else:
+        log(f"the run was already finished and evaluated at step {stop}")
+    result.update(heldout_loss=done[2], heldout_accuracy=done[3], train_sec=elapsed())
+    log(f"held-out: loss {done[2]:.4f}  accuracy {done[3]:.4f} ({run['eval_batches']} batches "
+        f"of {run['batch_size']})")
+    log(f"wrote {folder.checkpoint} and {folder.metrics}; total {_format_time(elapsed())}")
     return result
 
 
-def main(argv=None):
-    """Parse the command line and train; returns train()'s result dict."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _step(run, config, opt, params, opt_state, ids, targets, step, folder, threads):
+    """One training step with every quantity checked: a nan or inf loss, gradient or parameter
+    stops the run (RunStopped) naming the step and the quantity, before any state changes."""
+    # Non-finite values are checked below, by name: no NumPy warnings (errstate for this
+    # thread, the filter for the shards' threads).
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            loss, grads, logits = data_parallel.loss_and_grads(
+                params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
+                rng=_rng(run, STREAM_DROPOUT, step))
+        except ValueError as err:  # a layer's own check of its (internal) input
+            if "nan or inf" not in str(err):
+                raise
+            largest = max(params, key=lambda name: float(np.abs(params[name]).max()))
+            raise _diverged(run, step, f"the activations overflowed to nan or inf inside the "
+                            f"model (largest weight: {largest!r}, up to "
+                            f"{float(np.abs(params[largest]).max()):.3g})", folder) from None
+        if not math.isfinite(loss):
+            raise _diverged(run, step, f"the loss is {float(loss)}", folder)
+        norm = optim.global_norm(grads)
+        if not math.isfinite(norm):
+            raise _diverged(run, step, f"the gradient norm is {norm} (first non-finite: the "
+                            f"gradient of {_first_nonfinite(grads)!r})", folder)
+        grads, grad_norm = optim.clip_by_global_norm(grads, run["clip"])
+        lr = optim.warmup_cosine(step, peak_lr=run["lr"], warmup_steps=run["warmup"],
+                                 total_steps=run["steps"], min_lr=run["min_lr"])
+        new_params, new_state = opt.step(params, grads, opt_state, lr)
+        bad = _first_nonfinite(new_params)
+        if bad is not None:
+            raise _diverged(run, step, f"the update made the weight {bad!r} nan or inf", folder)
+    return float(loss), grads, logits, grad_norm, lr, new_params, new_state
+
+
+def _save_finished(folder, step, params, opt_state, history, elapsed):
+    """Save the state after ``step`` steps unless it is on disk already; says where it is."""
+    if step == 0:
+        return "nothing to save before the first step"
+    if not folder.saved_at(step):
+        folder.save(params, opt_state, step, history, elapsed)
+        return f"saved {folder.checkpoint} at step {step}"
+    return f"{folder.checkpoint} holds step {step}"
+
+
+def _interrupted(signum, step, run, folder, params, opt_state, history, elapsed):
+    """Save the last finished step (unless on disk already) and raise RunStopped."""
+    held = _save_finished(folder, step, params, opt_state, history, elapsed)
+    how = f"; continue with: {resume_command(folder.checkpoint)}" if step else ""
+    raise RunStopped(f"interrupted by {signal.Signals(signum).name} at step {step} of "
+                     f"{run['steps']}: {held}{how}", 128 + signum)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+class _StopNow(BaseException):
+    """A second SIGINT or SIGTERM: stop at once (a save in progress is abandoned cleanly)."""
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """While active, SIGINT and SIGTERM set a flag that the loop checks between steps; a
+    second one raises _StopNow. Yields the function that reads the flag."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise _StopNow(signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        run = _resolve_run(args, parser)
-        return train(run, out=args.out, resume=args.resume, stop_after=args.stop_after,
-                     eval_batches=args.eval_batches, log_every=args.log_every,
-                     threads=args.threads)
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        yield lambda: received[0] if received else None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+_UNSET = object()
+
+
+def given_options(argv):
+    """The names of the options written on the command line ``argv`` (even when equal to
+    their defaults): parse once more with every default replaced by a marker."""
+    probe = build_parser()
+    probe.set_defaults(**{a.dest: _UNSET for a in probe._actions if a.dest != "help"})
+    return {name for name, value in vars(probe.parse_args(argv)).items() if value is not _UNSET}
+
+
+def prepare(args, given):
+    """Everything checked before training: returns ``(run, out, session)`` or raises ValueError.
+
+    A new run takes its options from the command line. A resumed run takes them from the
+    checkpoint; an option given explicitly must agree with it, even when it equals its default.
+    ``log_every`` and ``save_every`` shape only the files, so they may change on resume; when
+    not given, the checkpoint's own are used again (``session``).
+    The output folder defaults to the checkpoint's own; a folder holding another checkpoint is
+    refused unless ``--overwrite`` (which then deletes that checkpoint and its CSV).
+    """
+    _train_checks.check_session(vars(args))
+    session = {name: getattr(args, name) for name in SESSION_SAVED}
+    if args.resume is None:
+        run = {name: getattr(args, name) for name in RUN_OPTIONS}
+        _train_checks.check_run(run)
+        out = args.out
+    else:
+        _train_checks.check_resume_path(args.resume)
+        ck = checkpoint.load(args.resume)
+        run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
+        if ck.step > run["steps"]:
+            raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "
+                             f"config['steps'] = {run['steps']}")
+        conflicts = [f"--{n} {getattr(args, n)!r} (checkpoint: {run[n]!r})"
+                     for n in RUN_OPTIONS if n in given and getattr(args, n) != run[n]]
+        if conflicts:
+            raise ValueError(f"--resume: options differ from the checkpoint {args.resume}: "
+                             + ", ".join(conflicts))
+        if args.stop_after is not None and args.stop_after < ck.step:
+            raise ValueError(f"--stop_after: expected >= {ck.step}, the step the checkpoint "
+                             f"is at, got {args.stop_after}")
+        out = args.out if "out" in given else (os.path.dirname(args.resume) or os.curdir)
+        for name in SESSION_SAVED:
+            if name not in given and name in ck.extra:
+                session[name] = ck.extra[name]
+        try:
+            _train_checks.check_session(session, label=lambda name: f"extra[{name!r}]")
+        except ValueError as err:
+            raise ValueError(f"checkpoint {args.resume}: {err}") from None
+    _train_checks.check_memory(run)
+    existing = os.path.join(out, CHECKPOINT) if out else ""
+    if os.path.isfile(existing) and not (args.resume and _same_file(existing, args.resume)):
+        if not args.overwrite:
+            raise ValueError(f"--out {out}: already holds a checkpoint ({existing}); continue "
+                             f"that run with --resume {existing}, or replace it with "
+                             f"--overwrite")
+    _train_checks.check_out_folder(out, 2 * _train_checks.checkpoint_bytes(run))
+    if args.overwrite and os.path.isfile(existing) and not (
+            args.resume and _same_file(existing, args.resume)):
+        for name in (CHECKPOINT, METRICS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, name))
+    return run, out, session
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def main(argv=None):
+    """Parse the command line and train; returns train()'s result dict.
+
+    Exits with status 2 and one line for anything refused up front, with 1 when a run diverges
+    or cannot save, with 128 + the signal number when interrupted by SIGINT or SIGTERM.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    with _stop_signals() as should_stop:
+        try:
+            run, out, session = prepare(args, given_options(argv))
+            return train(run, out=out, resume=args.resume, stop_after=args.stop_after,
+                         should_stop=should_stop, **session)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except RunStopped as stopped:
+            parser.exit(stopped.status, f"{parser.prog}: {stopped}\n")
+        except _StopNow as now:
+            signum = now.args[0]
+            parser.exit(128 + signum, f"{parser.prog}: stopped at once by a second "
+                        f"{signal.Signals(signum).name}; checkpoints on disk are as they "
+                        f"were\n")
 
 
 def _relaunch_for_threads(argv):

@@ -221,3 +221,19 @@ def test_upstream_gradient_of_another_dtype_is_refused_not_cast(form, forward_dt
                rf"got {np.dtype(upstream_dtype)}$")
     with pytest.raises(ValueError, match=pattern):
         gla_attention_backward(upstream["do"], upstream["d_final_state"], cache)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_one_array_in_the_other_layout_is_named(form):
+    q, v = np.zeros((1, 2, 5, 3)), np.zeros((1, 2, 5, 4))  # (B, H, T, .)
+    swapped = np.zeros((1, 5, 2, 4))
+    with pytest.raises(ValueError, match=r"^v: expected shape \(1, 2, 5, \*\), got \(1, 5, 2, 4\); "
+                                         r"v looks like the \(B, T, H, K\) layout \(BTHK\)"):
+        gla_attention(q, q, swapped, q, form=form)
+    with pytest.raises(ValueError, match=r"^g: .*g looks like the \(B, H, T, K\) layout \(BHTK\) "
+                                         r"while the others are \(B, T, H, K\) \(BTHK\)"):
+        gla_attention(*(np.swapaxes(x, 1, 2) for x in (q, q, v)), q, form=form, layout="BTHK")
+    _, _, cache = gla_attention(q, q, v, q, form=form)
+    with pytest.raises(ValueError, match=r"^do: expected shape \(1, 2, 5, 4\), got \(1, 5, 2, 4\); "
+                                         r"do looks like"):
+        gla_attention_backward(swapped, None, cache)

@@ -253,3 +253,29 @@ def test_overflow_example_in_the_tile_figure_is_computed():
     assert any(line.endswith("= nan") for line in lines)  # and 0 * inf = nan
     tiled = [line for line in lines if line.strip().startswith("= ")]
     assert tiled and "inf" not in tiled[0] and "nan" not in tiled[0]
+
+
+# --- equation numbers ---------------------------------------------------------------------------
+# A derivation page numbers the lines of the forward, (1), (2), ..., and the code's comments cite
+# the same numbers ("forward (2): ..."). A number the code cites must exist on its page.
+
+_EQ_NUMBER = re.compile(r"(?<![\w.\]])\((\d+)\)")
+_CODE_LINE = re.compile(r"^Code: (.*)$", re.M)
+
+
+def _derivation_pages():
+    return sorted((ROOT / "docs" / "derivations").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", _derivation_pages(), ids=_id)
+def test_equation_numbers_in_code_exist_on_the_page(page):
+    text = page.read_text()
+    code_line = _CODE_LINE.search(text)
+    assert code_line, f"{_id(page)}: no 'Code:' line naming its module"
+    modules = re.findall(r"`(gla_np/[\w/]+\.py)`", code_line.group(1))
+    assert modules, f"{_id(page)}: the 'Code:' line names no gla_np module"
+    on_page = set(_EQ_NUMBER.findall(text))
+    for module in modules:
+        cited = set(_EQ_NUMBER.findall((ROOT / module).read_text()))
+        assert cited <= on_page, (f"{module} cites equation numbers {sorted(cited - on_page)} "
+                                  f"that {_id(page)} does not have")

@@ -109,7 +109,25 @@ def test_bad_options_are_refused_by_name(kwargs, match):
        expand_factor=st.integers(1, 3), gate_rank=st.integers(1, 3),
        gate=st.sampled_from(["vector", "scalar", "fixed", "none"]),
        norm=st.sampled_from(["rmsnorm", "layernorm"]), use_short_conv=st.booleans(),
-       conv_size=st.integers(1, 4))
+       conv_size=st.integers(1, 4), value_head_dim=st.none() | st.integers(1, 4),
+       intermediate_size=st.none() | st.integers(1, 5))
 def test_param_count_is_exact(**opts):
     m = build(**opts, seed=0)
     assert param_count(**opts) == sum(p.size for p in m.params.values())
+
+
+def test_value_head_size_and_ffn_width_counts():
+    # one layer, D = 4, H = 2, K = 2, V = 3, F = 5, R = 2, RMSNorm, no conv, no input projection:
+    # norm 4; W_q, W_k 4*4 each; W_v, W_r 4*6 each; gate 4*2 + 2*4 + 4; o_norm 3; W_o 6*4;
+    # FFN norm 4, W_gate, W_up 4*5 each, W_down 5*4; final norm 4
+    opts = dict(embed_dim=4, hidden_size=4, num_layers=1, num_heads=2, head_dim=2, gate_rank=2)
+    layer = 4 + 2 * 16 + 2 * 24 + (8 + 8 + 4) + 3 + 24
+    ffn = 4 + 3 * 20
+    assert param_count(**opts, value_head_dim=3, intermediate_size=5) == layer + ffn + 4
+    # the defaults are Edifice's: V = head_dim, F = hidden * expand_factor
+    assert param_count(**opts) == param_count(**opts, value_head_dim=2, intermediate_size=8)
+
+
+def test_token_model_option_is_refused():
+    with pytest.raises(ValueError, match="tie_word_embeddings: an option of the token model"):
+        param_count(embed_dim=3, tie_word_embeddings=True)

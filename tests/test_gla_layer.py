@@ -52,6 +52,40 @@ def test_gradcheck_with_dropout():
     assert report.ok
 
 
+@pytest.mark.parametrize("conv", [False, True], ids=["no-conv", "conv"])
+@pytest.mark.parametrize("form", ["chunk", "recurrent", "parallel"])
+def test_gradcheck_key_and_value_sizes_differ(form, conv):
+    # K = 2 for q, k and the gate; V = 3 for v, the output gate and the output norm
+    _check(_config(head_dim=2, value_head_dim=3, form=form, use_short_conv=conv,
+                   chunk_size=2 if form == "chunk" else 64), seed=4)
+
+
+def test_value_head_size_shapes():
+    config = _config(head_dim=2, value_head_dim=5, use_short_conv=True)
+    shapes = gla_layer.param_shapes(config)
+    assert shapes["W_q"] == shapes["W_k"] == (4, 4) and shapes["gate.W2"] == (2, 4)
+    assert shapes["W_v"] == shapes["W_r"] == (4, 10) and shapes["W_o"] == (10, 4)
+    assert shapes["conv_v"] == (4, 10) and shapes["conv_k"] == (4, 4)
+    assert shapes["o_norm.w"] == (5,)
+    params = gla_layer.init_params(config, np.random.default_rng(0))
+    assert {n: p.shape for n, p in params.items()} == shapes
+    assert gla_layer.init_state(config, 3).S.shape == (3, 2, 2, 5)
+
+
+@pytest.mark.parametrize("norm_eps, o_norm_eps, used", [(1e-6, None, 1e-6), (0.25, None, 0.25),
+                                                        (1e-6, 1e-5, 1e-5)],
+                         ids=["default", "model-eps", "own-eps"])
+def test_output_norm_uses_the_model_eps(norm_eps, o_norm_eps, used):
+    config = _config(norm_eps=norm_eps, o_norm_eps=o_norm_eps)
+    rng = np.random.default_rng(5)
+    x = 0.01 * rng.standard_normal((2, 5, 4))  # small outputs: the eps matters
+    _, cache = gla_layer.forward(_params(config, rng), x, config)
+    c = cache.out.o_norm
+    o = c.x_hat / c.rstd  # the norm's input, recovered from what it stored
+    np.testing.assert_allclose(c.rstd, 1 / np.sqrt((o * o).mean(-1, keepdims=True) + used),
+                               rtol=1e-12)
+
+
 def test_param_names_and_output_norm_shared_by_heads():
     params = gla_layer.init_params(_config(), np.random.default_rng(0))
     assert set(params) == {"norm.w", "W_q", "W_k", "W_v", "gate.W1", "gate.W2", "gate.b2",

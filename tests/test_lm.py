@@ -90,3 +90,47 @@ def test_init_and_validation():
     with pytest.raises(ValueError, match="head.weight"):
         lm.forward({k: v for k, v in params.items() if k != "head.weight"},
                    np.zeros((1, 5), dtype=np.int64), config)
+
+
+def test_tied_embeddings_gradcheck():
+    # the head is E^T: E's gradient is the lookup's plus the head's (a missing term fails here)
+    config = _config(tie_word_embeddings=True, head_dim=2, value_head_dim=3)
+    params, ids, targets = _problem(config, seed=3)
+    assert "head.weight" not in params and params["embedding.weight"].shape == (7, 6)
+    gradcheck(lambda **p: lm.forward(p, ids, config), lm.backward, params, sample=4, rtol=1e-6)
+    _, grads, _ = lm.loss_and_grads(params, ids, targets, config)
+    assert list(grads) == list(params)
+
+
+def test_tied_embeddings_equal_an_untied_head_set_to_E_transposed():
+    tied = _config(tie_word_embeddings=True)
+    params, ids, _ = _problem(tied, seed=4)
+    untied = {**params, "head.weight": params["embedding.weight"].T.copy()}
+    logits_t, cache_t = lm.forward(params, ids, tied)
+    logits_u, cache_u = lm.forward(untied, ids, _config())
+    np.testing.assert_array_equal(logits_t, logits_u)
+    dlogits = np.random.default_rng(5).standard_normal(logits_t.shape)
+    g_t, g_u = lm.backward(dlogits, cache_t), lm.backward(dlogits, cache_u)
+    np.testing.assert_allclose(g_t["embedding.weight"],
+                               g_u["embedding.weight"] + g_u["head.weight"].T, rtol=1e-13)
+    with pytest.raises(ValueError, match="unexpected entry 'head.weight'"):
+        lm.forward(untied, ids, tied)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_forget_gates_are_the_gates_the_first_layer_computes(norm):
+    from gla_np import gate, rmsnorm, layernorm
+    config = _config(norm=norm)
+    params, ids, _ = _problem(config, seed=6)
+    params = {k: v + 0.1 for k, v in params.items()}  # norm weights and biases away from 1 and 0
+    gates = lm.forget_gates(params, ids, config)
+    assert len(gates) == 2 and all(g.shape == (2, 9, 2, 3) and (g <= 0).all() for g in gates)
+    x = params["embedding.weight"][ids]
+    p = {k[len("blocks.0.attn."):]: v for k, v in params.items() if k.startswith("blocks.0.attn.")}
+    if norm == "rmsnorm":
+        xn, _ = rmsnorm.forward(x, p["norm.w"], config.norm_eps)
+    else:
+        xn, _ = layernorm.forward(x, p["norm.w"], p["norm.b"], config.norm_eps)
+    g, _ = gate.forward({k[5:]: v for k, v in p.items() if k.startswith("gate.")}, xn,
+                        kind="vector", num_heads=2, head_dim=3, normalizer=16)
+    np.testing.assert_array_equal(gates[0], g)

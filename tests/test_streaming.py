@@ -51,6 +51,16 @@ def test_stepping_with_short_conv_equals_forward(norm):
     assert state[0].conv[0].shape == (2, config.conv_size - 1, 4)  # only W-1 inputs are kept
 
 
+@pytest.mark.parametrize("form", ["recurrent", "chunk"])
+def test_stepping_with_key_and_value_sizes_differing(form):
+    config, params, x = _setup(seed=4, use_short_conv=True, head_dim=2, value_head_dim=3,
+                               form=form, chunk_size=3)
+    y_full, _ = model.forward(params, x, config, return_sequence=True)
+    y_stream, state = _stream(params, x, config)
+    np.testing.assert_allclose(y_stream, y_full, rtol=1e-12, atol=1e-13)
+    assert state[0].S.shape == (2, 2, 2, 3) and state[0].conv[2].shape == (2, 3, 6)
+
+
 def test_state_size_does_not_grow_and_float32_works():
     config, params, x = _setup(seed=2, dtype="float32", embed_dim=3)
     state0 = model.init_state(config, 2)

@@ -86,7 +86,7 @@ def test_heldout_stream_differs_from_training():
 @pytest.mark.parametrize("argv, match", [
     (["--num_pairs", "5"], "seq_len"),
     (["--warmup", "50", "--steps", "10"], "warmup"),
-    (["--heads", "0"], "num_heads"),
+    (["--heads", "0"], "--heads"),
     (["--min_lr", "1.0"], "min_lr"),
     (["--stop_after", "0"], "stop_after"),
     (["--seed", "-1"], "seed"),

@@ -1,0 +1,128 @@
+"""Ctrl-C (SIGINT) and SIGTERM: the run saves its last finished step, says so in one line with
+the command that continues it, and exits non-zero without a traceback. No sleeps: the
+subprocess tests wait for a progress line, the in-process ones raise the signal from inside the
+step (the handler that ``main`` installs only sets a flag, so pytest itself is never hit)."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gla_np import checkpoint, data_parallel, train
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
+        "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
+        "--eval_batches", "2", "--threads", "1"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_and_exits_without_traceback(tmp_path, signum):
+    # PROCESS_ENV set: no relaunch needed (it would keep the process id anyway)
+    env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
+                             "--log_every", "1", "--save_every", "1000", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # wait until three steps are done
+            if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
+                break
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    step = checkpoint.load(tmp_path / "checkpoint.npz").step
+    assert step >= 3  # the last finished step, not the last periodic save (none yet)
+    name = signal.Signals(signum).name
+    path = tmp_path / "checkpoint.npz"
+    assert err == (f"python -m gla_np.train: interrupted by {name} at step {step} of 100000: "
+                   f"saved {path} at step {step}; continue with: python -m gla_np.train "
+                   f"--resume {path}\n")
+
+
+def _signal_at(monkeypatch, step, signum=signal.SIGINT, times=1):
+    """Raise ``signum`` (``times`` times) while the data of step ``step`` is being drawn."""
+    real = train.batch
+
+    def batch(run, stream, index):
+        if stream == train.STREAM_DATA and index == step:
+            for _ in range(times):
+                signal.raise_signal(signum)
+        return real(run, stream, index)
+
+    monkeypatch.setattr(train, "batch", batch)
+
+
+def test_interrupted_run_resumes_bit_exact(tmp_path, monkeypatch, capsys):
+    args = TINY + ["--steps", "8", "--dropout", "0.1", "--save_every", "100"]
+    straight = train.main(args + ["--out", str(tmp_path / "straight")])
+    _signal_at(monkeypatch, 4)
+    with pytest.raises(SystemExit) as exc:
+        train.main(args + ["--out", str(tmp_path / "cut")])
+    assert exc.value.code == 128 + signal.SIGINT
+    assert "interrupted by SIGINT at step 5 of 8" in capsys.readouterr().err
+    monkeypatch.undo()
+    path = tmp_path / "cut" / "checkpoint.npz"
+    assert checkpoint.load(path).step == 5  # the step in progress finished, then the save
+    resumed = train.main(["--resume", str(path)])
+    for name, p in straight["params"].items():
+        assert np.array_equal(resumed["params"][name], p), name
+
+
+def test_interrupt_before_the_first_step_saves_nothing(tmp_path, monkeypatch, capsys):
+    real = train.train
+
+    def train_after_signal(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train", train_after_signal)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--steps", "4", "--out", str(tmp_path)])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == ("python -m gla_np.train: interrupted by SIGINT at step 0 "
+                                       "of 4: nothing to save before the first step\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch, capsys):
+    _signal_at(monkeypatch, 2, times=2)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--steps", "6", "--save_every", "1", "--out", str(tmp_path)])
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped at once by a second SIGINT" in err
+    assert checkpoint.load(tmp_path / "checkpoint.npz").step == 2  # the last periodic save
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # (no rows logged yet: no CSV)
+
+
+def test_signal_handlers_are_restored(tmp_path):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    train.main(TINY + ["--steps", "1", "--warmup", "0", "--out", str(tmp_path)])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_during_a_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch,
+                                                                       capsys):
+    train.main(TINY + ["--steps", "6", "--stop_after", "2", "--out", str(tmp_path)])
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    real = checkpoint._write_arrays
+
+    def signals_mid_write(file, arrays):
+        file.write(b"PK half")
+        signal.raise_signal(signal.SIGINT)  # the first: a flag
+        signal.raise_signal(signal.SIGINT)  # the second: stop now, inside the save
+        return real(file, arrays)
+
+    monkeypatch.setattr(checkpoint, "_write_arrays", signals_mid_write)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--resume", str(tmp_path / "checkpoint.npz"), "--save_every", "1"])
+    assert exc.value.code == 130 and "second SIGINT" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]  # no temp file
