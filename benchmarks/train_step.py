@@ -77,8 +77,8 @@ def make_step(name, threads, seed=0):
     c = CONFIGS[name]
     config = GLAConfig(embed_dim=c["hidden"], hidden_size=c["hidden"], num_layers=c["layers"],
                        num_heads=c["heads"], head_dim=c["head_dim"], expand_factor=2,
-                       dropout=0.0, seq_len=c["seq_len"], form="chunk", use_short_conv=c.get("conv", False),
-                       dtype="float32")
+                       dropout=0.0, seq_len=c["seq_len"], form="chunk",
+                       use_short_conv=c.get("conv", False), dtype="float32")
     rng = np.random.default_rng(seed)
     params = lm.init_params(config, VOCAB, rng)
     opt = optim.AdamW(weight_decay=0.1)
