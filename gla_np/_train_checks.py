@@ -142,7 +142,7 @@ def check_stored_run(path, config, run_keys):
     if unknown:
         raise ValueError(f"{where}: config has an unknown key {unknown[0]!r}")
     run = dict(config)
-    for name in RUN_FLOATS:  # JSON keeps 1.0 as 1 when edited by hand: both are numbers
+    for name in RUN_FLOATS:  # a hand-edited file may say 1 for 1.0: both are numbers
         if isinstance(run[name], int) and not isinstance(run[name], bool):
             run[name] = float(run[name])
     try:
