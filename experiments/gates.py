@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from gla_np import checkpoint, data_parallel, tasks, train  # noqa: E402
+from gla_np import checkpoint, data_parallel, lm, tasks, train  # noqa: E402
 
 GATES = ("vector", "scalar", "fixed", "none")
 HEAD_DIMS = (8, 16)
@@ -68,6 +68,12 @@ def run_dict(gate, head_dim, num_pairs, seed, **overrides):
     return run
 
 
+def shown_out(out):
+    """``out`` as a command shows it: relative to the current folder when inside it."""
+    rel = os.path.relpath(out)
+    return out if rel.startswith("..") else rel
+
+
 def run_name(run):
     return (f"{run['gate']}-K{run['head_dim']}-P{run['num_pairs']}-T{run['seq_len']}"
             f"-s{run['steps']}-seed{run['seed']}")
@@ -79,7 +85,7 @@ def command(run, out):
     defaults = vars(train.build_parser().parse_args([]))
     words = ["python", "-m", "gla_np.train"]
     for name in train.RUN_OPTIONS:
-        if run[name] != defaults[name]:
+        if run[name] != defaults[name] or name == "seed":
             words += [f"--{name}", str(run[name])]
     return shlex.join(words + ["--threads", "1", "--out", os.path.join(out, run_name(run))])
 
@@ -118,6 +124,50 @@ def evaluate_at(params, run, seq_len, form="recurrent", num_batches=None):
 def evaluate_checkpoint(path, seq_len, form="recurrent"):
     ck = checkpoint.load(path)
     return evaluate_at(ck.params, ck.config, seq_len, form)
+
+
+def forget_gate_rows(path, seed=0):
+    """The forget gates exp(g) of a trained one-layer model over one held-out-style sequence of
+    its task (drawn from ``seed``), as rows for a CSV: position, token, role, label, keep_0 ..
+    keep_{K-1}. Labels: key letters A, B, ... in order of first appearance; ``A?`` the question
+    for key A; ``.`` a value; ``_`` the blank."""
+    ck = checkpoint.load(path)
+    run = ck.config
+    config = train.model_config(run)
+    if config.num_layers != 1 or config.num_heads != 1:
+        raise ValueError(f"{path}: expected a model of 1 layer and 1 head, got "
+                         f"{config.num_layers} layers and {config.num_heads} heads")
+    ids, _ = tasks.make_batch(run["task"], np.random.default_rng([seed, 7]), 1,
+                              **train.task_sizes(run))
+    (g,) = lm.forget_gates(ck.params, ids, config)  # (1, T, 1, K)
+    kept = np.exp(g[0, :, 0, :].astype(np.float64))  # (T, K)
+    V, T, P = run["vocab_size"], run["seq_len"], run["num_pairs"]
+    letters = {}
+    rows = []
+    for t, tok in enumerate(ids[0].tolist()):
+        if t >= T - P:
+            role, label = "query", letters.get(tok - V // 4, "?") + "?"
+        elif tok == 0:
+            role, label = "blank", "_"
+        elif tok < V // 4:
+            letters.setdefault(tok, chr(ord("A") + len(letters)))
+            role, label = "key", letters[tok]
+        else:
+            role, label = "value", "."
+        row = {"position": t, "token": tok, "role": role, "label": label}
+        row.update({f"keep_{c}": f"{kept[t, c]:.4f}" for c in range(kept.shape[1])})
+        rows.append(row)
+    return rows
+
+
+def write_forget_gates(path, csv_path, seed=0):
+    rows = forget_gate_rows(path, seed)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic_text(csv_path, text.getvalue())
+    return rows
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -217,7 +267,7 @@ def load_results(out):
     return results
 
 
-def result_rows(results):
+def result_rows(results, out=None):
     """One CSV row per (run, evaluation): the held-out evaluation of train.py (chunked form, the
     training length) and, for the length cell, the recurrent form at each length."""
     rows = []
@@ -226,7 +276,8 @@ def result_rows(results):
         base = {"name": r["name"], "gate": run["gate"], "head_dim": run["head_dim"],
                 "num_pairs": run["num_pairs"], "seed": run["seed"], "steps": run["steps"],
                 "train_len": run["seq_len"], "train_sec": f"{r['train_sec']:.1f}",
-                "cpu_sec": f"{r['cpu_sec']:.1f}", "command": r["command"]}
+                "cpu_sec": f"{r['cpu_sec']:.1f}",
+                "command": command(run, shown_out(out)) if out else r["command"]}
         rows.append({**base, "eval_len": run["seq_len"], "form": run["form"],
                      "accuracy": r["accuracy"], "loss": r["loss"]})
         for length, (loss, acc) in sorted(r["recurrent"].items(), key=lambda kv: int(kv[0])):
@@ -239,7 +290,7 @@ def write_csv(out, results):
     text = io.StringIO()
     writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(result_rows(results))
+    writer.writerows(result_rows(results, out))
     os.makedirs(out, exist_ok=True)
     _write_atomic_text(os.path.join(out, RESULTS_CSV), text.getvalue())
 
@@ -334,11 +385,7 @@ def report(out, results=None, gates=GATES, head_dims=HEAD_DIMS, num_pairs=NUM_PA
         if key in seen:
             continue
         seen.add(key)
-        cmd = r["command"].replace(f"--seed {run['seed']}", "--seed S").replace(
-            f"seed{run['seed']}", "seedS")
-        if run["seed"] == 0 and "--seed S" not in cmd:
-            cmd = cmd.replace(" --threads", " --seed S --threads")
-        lines.append(f"    {cmd}")
+        lines.append(f"    {command(dict(run, seed='S'), shown_out(out))}")
     lines.append("")
     return "\n".join(lines)
 
@@ -354,6 +401,9 @@ def build_parser():
     p.add_argument("--seq_len", type=int, default=256, help="with --evaluate: the length")
     p.add_argument("--form", default="recurrent", choices=["chunk", "parallel", "recurrent"],
                    help="with --evaluate: the form")
+    p.add_argument("--forget_gates", nargs=2, metavar=("CHECKPOINT", "CSV"), default=None,
+                   help="write the forget gates of a trained model over one sequence to CSV "
+                        "(the data of docs/figures/forget-gates.svg), then stop")
     p.add_argument("--tiny", action="store_true",
                    help="a seconds-long smoke version (3 steps, hidden 16, 1 gate pair, 1 seed)")
     return p
@@ -368,6 +418,10 @@ def main(argv=None, log=print):
         log(f"{args.evaluate} at T = {args.seq_len} ({args.form}): accuracy {acc:.4f}, loss "
             f"{loss:.4f}")
         return {"loss": loss, "accuracy": acc}
+    if args.forget_gates:
+        rows = write_forget_gates(*args.forget_gates)
+        log(f"wrote {args.forget_gates[1]}: {len(rows)} tokens")
+        return rows
     grid = {}
     overrides = {}
     if args.tiny:
@@ -386,7 +440,7 @@ def main(argv=None, log=print):
             log(f"[{i + 1}/{len(runs)}] {run_name(run)}: accuracy {result['accuracy']:.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
             write_csv(args.out, load_results(args.out))
-        write_csv(args.out, load_results(args.out))
+    write_csv(args.out, load_results(args.out))
     text = report(args.out, **grid)
     log(text)
     return text
