@@ -52,6 +52,9 @@ def _int(label, name, value, minimum):
 def check_run(run, label=flag):
     """Check the options that shape a run (the keys ``RUN_KEYS``); ValueError naming the first
     bad one as ``label(name)``. Types are checked too, for configs read from a file."""
+    missing = [name for name in RUN_KEYS if name not in run]
+    if missing:
+        raise ValueError(f"run: expected every option of {list(RUN_KEYS)}; missing {missing}")
     for name, minimum in RUN_INTS.items():
         _int(label, name, run[name], minimum)
     for name in RUN_FLOATS:
@@ -147,7 +150,7 @@ def check_stored_run(path, config, run_keys):
     if unknown:
         raise ValueError(f"{where}: config has an unknown key {unknown[0]!r}")
     run = dict(config)
-    for name in RUN_FLOATS:  # JSON keeps 1.0 as 1 when edited by hand: both are numbers
+    for name in RUN_FLOATS:  # a hand-edited file may say 1 for 1.0: both are numbers
         if isinstance(run[name], int) and not isinstance(run[name], bool):
             run[name] = float(run[name])
     try:

@@ -52,6 +52,13 @@ def _heads_major(x):
     return None if x is None else np.swapaxes(x, 1, 2)
 
 
+def _heads_major_copy(x):
+    """``_heads_major`` as a C-contiguous copy: the forms then see the same memory layout as for
+    a (B, H, T, X) caller, so both layouts give bit-identical results (on NumPy 1.x and early 2.x
+    a strided view can take another summation order in matmul and einsum)."""
+    return None if x is None else np.ascontiguousarray(_heads_major(x))
+
+
 def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, chunk_size=64,
                   sub_chunk_size=None, layout="BHTK"):
     """Gated linear attention: return ``(o, final_state, cache)``.
@@ -66,7 +73,7 @@ def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, c
     check_choice("layout", layout, LAYOUTS)
     if layout == "BTHK":
         check_gla_inputs(q, k, v, g, initial_state, scale, layout="BTHK")  # caller's shapes
-        q, k, v, g = (_heads_major(x) for x in (q, k, v, g))
+        q, k, v, g = (_heads_major_copy(x) for x in (q, k, v, g))
         o, final_state, cache = gla_attention(
             q, k, v, g, form=form, scale=scale, initial_state=initial_state,
             chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
@@ -111,13 +118,13 @@ def gla_attention_backward(do, d_final_state, cache):
         return MODULES[cache.form].backward(do, d_final_state, cache.inner)
     check_cache(cache.inner, CACHES[cache.form], f"{MODULES[cache.form].__name__}.forward")
     if do is not None:
-        q = cache.inner.q  # (B, H, T, K), a view of the caller's (B, T, H, K) q
+        q = cache.inner.q  # (B, H, T, K), the caller's (B, T, H, K) q, heads major
         B, H, T, _ = q.shape
         expected = (B, T, H, cache.inner.v.shape[3])
         if not isinstance(do, np.ndarray) or do.shape != expected:
             got = do.shape if isinstance(do, np.ndarray) else type(do).__name__
             raise ValueError(f"do: expected shape {expected} (B, T, H, V), the layout 'BTHK' of "
                              f"the forward, got {got}")
-    dq, dk, dv, dg, dS0 = MODULES[cache.form].backward(_heads_major(do), d_final_state,
+    dq, dk, dv, dg, dS0 = MODULES[cache.form].backward(_heads_major_copy(do), d_final_state,
                                                        cache.inner)
     return (*(np.ascontiguousarray(_heads_major(x)) for x in (dq, dk, dv, dg)), dS0)

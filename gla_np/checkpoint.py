@@ -222,6 +222,10 @@ def load(path, *, config=None, params_like=None, opt_state_like=None):
         extra = json.loads(_text(path, entries, "extra"))
     except json.JSONDecodeError as err:
         raise ValueError(f"checkpoint {path}: config or extra is not valid JSON ({err})") from None
+    for key, value in (("config", stored), ("extra", extra)):
+        if not isinstance(value, dict):
+            raise ValueError(f"checkpoint {path}: entry {key!r} should hold a JSON object, got "
+                             f"{type(value).__name__}")
     if "step" not in entries or entries["step"].shape != () or entries["step"].dtype.kind != "i":
         raise ValueError(f"checkpoint {path}: missing or malformed entry 'step'")
     if config is not None:

@@ -322,6 +322,9 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
                          f"got {stop_after}")
     os.makedirs(out, exist_ok=True)
     folder.write_metrics(history)  # on resume: the CSV matches the checkpoint again
+    if resume is not None and not history and folder.saved_at(start):
+        with contextlib.suppress(FileNotFoundError):  # it can only hold rows past the checkpoint
+            os.unlink(folder.metrics)
     should_stop = should_stop or (lambda: None)
     if start < stop:
         log(f"training {run['task']} with {sum(p.size for p in params.values()):,} parameters "
@@ -375,7 +378,14 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
         folder.save(params, opt_state, stop, history, elapsed())
     done = _heldout_row(history, stop)
     if done is None:
-        measured = evaluate(params, run, run["eval_batches"], should_stop)
+        with np.errstate(all="ignore"):
+            try:
+                measured = evaluate(params, run, run["eval_batches"], should_stop)
+            except ValueError as err:  # as in _step: an internal check saw nan or inf
+                if "nan or inf" not in str(err):
+                    raise
+                raise _diverged(run, stop - 1, "the held-out evaluation overflowed to nan or "
+                                "inf inside the model", folder) from None
         if measured is None:
             _interrupted(should_stop(), stop, run, folder, params, opt_state, history,
                          elapsed())

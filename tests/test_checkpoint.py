@@ -193,3 +193,16 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError, match="simulated"):
         checkpoint.write_atomic(path, fail)
     assert path.read_bytes() == b"old\n" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("entry", ["config", "extra"])
+def test_config_or_extra_that_is_not_a_json_object(tmp_path, entry):
+    """Regression: a hand-edited config holding a JSON list loaded fine, and comparing it with
+    the expected config raised AttributeError ('list' object has no attribute 'get')."""
+    path = tmp_path / "ckpt.npz"
+    _save(path)
+    entries = dict(np.load(path, allow_pickle=False))
+    entries[entry] = np.array("[1, 2]")
+    np.savez(path, **entries)
+    with pytest.raises(ValueError, match=rf"entry '{entry}' should hold a JSON object, got list"):
+        checkpoint.load(path, config=CONFIG)

@@ -279,3 +279,17 @@ def test_equation_numbers_in_code_exist_on_the_page(page):
         cited = set(_EQ_NUMBER.findall((ROOT / module).read_text()))
         assert cited <= on_page, (f"{module} cites equation numbers {sorted(cited - on_page)} "
                                   f"that {_id(page)} does not have")
+
+
+def test_every_walkthrough_chapter_ends_with_exercises_that_have_solutions():
+    text = (ROOT / "walkthrough.md").read_text()
+    solutions = (ROOT / "docs" / "exercises.md").read_text()
+    chapters = re.split(r"^## (?=\d+\. )", text, flags=re.M)[1:]
+    assert len(chapters) >= 9
+    for chapter in chapters:
+        number = chapter.split(".")[0]
+        assert "\n### Exercises\n" in chapter, f"walkthrough chapter {number} has no exercises"
+        assert f"docs/exercises.md#chapter-{number})" in chapter, (
+            f"walkthrough chapter {number} does not link its solutions")
+        assert re.search(rf"^## Chapter {number}$", solutions, re.M), (
+            f"docs/exercises.md has no solutions for chapter {number}")

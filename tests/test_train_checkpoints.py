@@ -136,3 +136,22 @@ def test_an_unevaluated_finished_run_is_evaluated_on_resume(tmp_path, monkeypatc
     assert "heldout" not in [r[1] for r in _rows(tmp_path)]
     train.main(["--resume", str(tmp_path / "checkpoint.npz")])
     assert [r[1] for r in _rows(tmp_path)].count("heldout") == 1
+
+
+def test_resume_drops_a_csv_that_only_holds_rows_past_the_checkpoint(tmp_path, monkeypatch):
+    real = checkpoint.save
+
+    def fail_at_4(path, **kwargs):
+        if kwargs["step"] == 4:
+            raise OSError(5, "Input/output error (simulated)")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", fail_at_4)
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--steps", "6", "--save_every", "2", "--log_every", "3",
+                           "--out", str(tmp_path)])
+    monkeypatch.setattr(checkpoint, "save", real)
+    assert checkpoint.load(tmp_path / "checkpoint.npz").extra["history"] == []  # step 2
+    assert [r[0] for r in _rows(tmp_path)] == ["3"]  # a row past the checkpoint
+    train.main(["--resume", str(tmp_path / "checkpoint.npz"), "--stop_after", "2"])
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz"]

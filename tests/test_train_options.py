@@ -199,3 +199,10 @@ def test_step_memory_estimate_is_close_to_the_measured_peak(extra):
         tracemalloc.stop()
     peak += 5 * sum(p.nbytes for p in params.values())  # what the estimate adds for AdamW
     assert 0.5 < _train_checks.step_memory(run) / peak < 2
+
+
+def test_train_called_from_python_names_a_missing_option(tmp_path):
+    run = {name: value for name, value in vars(train.build_parser().parse_args(TINY)).items()
+           if name in train.RUN_OPTIONS and name != "eval_batches"}
+    with pytest.raises(ValueError, match=r"^run: .* missing \['eval_batches'\]"):
+        train.train(run, out=str(tmp_path))

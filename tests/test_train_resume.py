@@ -122,7 +122,7 @@ EDITS = {
     "hidden-missing": (lambda c: {k: v for k, v in c.items() if k != "hidden"},
                        "config has no 'hidden'"),
     "unknown-key": (lambda c: {**c, "colour": "red"}, "config has an unknown key 'colour'"),
-    "not-a-dict": (lambda c: [1, 2], "config: expected a JSON object"),
+    "not-a-dict": (lambda c: [1, 2], "entry 'config' should hold a JSON object, got list"),
     "warmup-beyond": (lambda c: {**c, "warmup": 99}, "config['warmup']: expected 0 <= warmup"),
 }
 
