@@ -404,6 +404,11 @@ def build_parser():
     p.add_argument("--forget_gates", nargs=2, metavar=("CHECKPOINT", "CSV"), default=None,
                    help="write the forget gates of a trained model over one sequence to CSV "
                         "(the data of docs/figures/forget-gates.svg), then stop")
+    p.add_argument("--num_pairs", type=int, nargs="+", default=list(NUM_PAIRS),
+                   help="train only the cells with these numbers of keys (the tables still "
+                        "show every cell, 'not run' where nothing finished)")
+    p.add_argument("--head_dims", type=int, nargs="+", default=list(HEAD_DIMS),
+                   help="train only the cells with these head sizes")
     p.add_argument("--tiny", action="store_true",
                    help="a seconds-long smoke version (3 steps, hidden 16, 1 gate pair, 1 seed)")
     return p
@@ -428,7 +433,9 @@ def main(argv=None, log=print):
         grid = {"gates": ("vector", "none"), "head_dims": (16,), "num_pairs": (8,)}
         overrides = {"steps": 3, "hidden": 16, "warmup": 1, "batch_size": 4, "eval_batches": 1}
     if not args.report:
-        runs = plan(args.seeds, overrides, **grid)
+        train_grid = dict(grid) or {"num_pairs": tuple(args.num_pairs),
+                                    "head_dims": tuple(args.head_dims)}
+        runs = plan(args.seeds, overrides, **train_grid)
         for i, run in enumerate(runs):
             folder_done = os.path.isfile(os.path.join(args.out, run_name(run), RESULT))
             if folder_done:
