@@ -252,7 +252,7 @@ def _callers_layout(tensors, layout):
 
 def _dg_magnitude(q_abs, k_abs, dq_mag, dk_mag, S_T_mag, dS_T_abs, segments):
     """dg's own rule: the magnitude of the gate identity's terms, which cancel in its reverse
-    cumulative sum: sum over tau >= t of |q| M_dq + |k| M_dk, plus sum over V of M_ST |dS_T|
+    cumulative sum: sum over t' >= t of |q| M_dq + |k| M_dk, plus sum over V of M_ST |dS_T|
     (per sequence when the batch is packed). All (B, H, T, K) but the states (N, H, K, V)."""
     M = _reverse_cumsum_per_sequence(q_abs * dq_mag + k_abs * dk_mag, segments)
     if dS_T_abs is not None:
