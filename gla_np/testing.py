@@ -147,10 +147,10 @@ def _run_packed(module, segments, q, k, v, g, S0, do, dS_T, scale, options):
     """Each sequence of a packed batch on its own (state reset at each boundary), joined again."""
     parts = []
     for n, seg in enumerate(segments):
-        pick = (lambda x: None if x is None else x[:, :, seg])  # noqa: E731
-        state = (lambda x: None if x is None else x[n:n + 1])  # noqa: E731
-        parts.append(_run(module, pick(q), pick(k), pick(v), pick(g), state(S0), pick(do),
-                          state(dS_T), scale, options))
+        along_t = [None if x is None else x[:, :, seg] for x in (q, k, v, g, do)]
+        states = [None if x is None else x[n:n + 1] for x in (S0, dS_T)]  # sequence n's
+        parts.append(_run(module, *along_t[:4], states[0], along_t[4], states[1], scale,
+                          options))
     joined = []
     for i, name in enumerate(NAMES):
         pieces = [p[i] for p in parts]
@@ -252,7 +252,7 @@ def _callers_layout(tensors, layout):
 
 def _dg_magnitude(q_abs, k_abs, dq_mag, dk_mag, S_T_mag, dS_T_abs, segments):
     """dg's own rule: the magnitude of the gate identity's terms, which cancel in its reverse
-    cumulative sum: sum over tau >= t of |q| M_dq + |k| M_dk, plus sum over V of M_ST |dS_T|
+    cumulative sum: sum over t' >= t of |q| M_dq + |k| M_dk, plus sum over V of M_ST |dS_T|
     (per sequence when the batch is packed). All (B, H, T, K) but the states (N, H, K, V)."""
     M = _reverse_cumsum_per_sequence(q_abs * dq_mag + k_abs * dk_mag, segments)
     if dS_T_abs is not None:
