@@ -11,6 +11,7 @@ global norm of 1, AdamW (``gla_np.data_parallel.loss_and_grads`` with ``threads`
     small  the training command's default model without the short convolution:
            B=64, T=64, D=64, 1 head of 64, 1 layer, FFN x2
     large  B=8, T=512, D=256, 4 heads of 64, 2 layers, FFN x2
+    train  (not by default) small with the short convolution: the training command's model
 
 For each config and thread count: min and median ms per step over ``--repeats`` steps (after
 two warm-up steps), tokens per second at the median, and the median CPU time of the process
@@ -47,6 +48,7 @@ from gla_np.model import GLAConfig  # noqa: E402
 CONFIGS = {
     "small": dict(batch=64, seq_len=64, hidden=64, heads=1, head_dim=64, layers=1),
     "large": dict(batch=8, seq_len=512, hidden=256, heads=4, head_dim=64, layers=2),
+    "train": dict(batch=64, seq_len=64, hidden=64, heads=1, head_dim=64, layers=1, conv=True),
 }
 VOCAB = 256
 
@@ -75,8 +77,8 @@ def make_step(name, threads, seed=0):
     c = CONFIGS[name]
     config = GLAConfig(embed_dim=c["hidden"], hidden_size=c["hidden"], num_layers=c["layers"],
                        num_heads=c["heads"], head_dim=c["head_dim"], expand_factor=2,
-                       dropout=0.0, seq_len=c["seq_len"], form="chunk", use_short_conv=False,
-                       dtype="float32")
+                       dropout=0.0, seq_len=c["seq_len"], form="chunk",
+                       use_short_conv=c.get("conv", False), dtype="float32")
     rng = np.random.default_rng(seed)
     params = lm.init_params(config, VOCAB, rng)
     opt = optim.AdamW(weight_decay=0.1)
@@ -167,7 +169,7 @@ def profile(name, steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["small", "large"])
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="thread counts to time (default: 1 and every core)")
     parser.add_argument("--repeats", type=int, default=None,

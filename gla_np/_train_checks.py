@@ -108,6 +108,14 @@ def _check_task_sizes(run, label):
         if V < 2 * (P + 1):
             raise ValueError(f"{label('vocab_size')}: expected >= 2 * (num_pairs + 1) = "
                              f"{2 * (P + 1)} (distinct keys in the lower half), got {V}")
+    elif run["task"] == "latest_recall":
+        P = run["num_pairs"]
+        if T < 3 * P:
+            raise ValueError(f"{label('seq_len')}: expected >= 3 * num_pairs = {3 * P} (a write "
+                             f"of each key, then one query per key), got {T}")
+        if V < 4 * (P + 1):
+            raise ValueError(f"{label('vocab_size')}: expected >= 4 * (num_pairs + 1) = "
+                             f"{4 * (P + 1)} (distinct keys in the lowest quarter), got {V}")
     else:
         N = run["num_tokens"]
         if T < 2 * N:

@@ -5,7 +5,8 @@
 writes one .npz file (readable from C++ with cnpy, from JAX/PyTorch through NumPy) holding named
 cases. Case ``name`` has the arrays ``name/q``, ``name/k``, ``name/v``, ``name/g`` (and, when the
 case uses them, ``name/initial_state``, ``name/do``, ``name/d_final_state``,
-``name/cu_seqlens``) in the requested dtype and layout, ``name/scale``, and for every tensor X
+``name/cu_seqlens``) in the requested dtype and layout (bfloat16 as float32 values that
+bfloat16 holds exactly), ``name/scale``, and for every tensor X
 the kernel should produce (o, final_state, dq, dk, dv, dg, d_initial_state) the float64
 reference ``name/X`` and its per-entry tolerance ``name/bound_X``: a kernel passes the case when
 ``|X_kernel - X| <= bound_X`` at every entry. ``name/about`` says what the case is for, and
@@ -31,7 +32,23 @@ import numpy as np
 from gla_np._checks import check_choice, check_positive_int
 from gla_np.testing import LAYOUTS, NAMES, reference, tolerance
 
-DTYPES = ("float32", "float64", "float16")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _round_to_bfloat16(x):
+    """float32 values rounded to the nearest bfloat16 (ties to even), still stored as float32.
+
+    NumPy has no bfloat16; a bfloat16 number is a float32 whose low 16 bits are 0, so the file
+    stores those float32 values and a kernel casts them to bfloat16 without loss.
+    """
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _stored(x, dtype):
+    """x in the file's dtype: bfloat16 values go in as float32 (see _round_to_bfloat16)."""
+    return _round_to_bfloat16(x) if dtype == "bfloat16" else x.astype(dtype)
 
 
 class Case(NamedTuple):
@@ -106,11 +123,11 @@ def make_case(case, *, layout="BHTK", dtype="float32", chunk_size=64, seed=0):
     arrays = {}
     for name, x in [("q", q), ("k", k), ("v", v), ("g", g), ("do", do)]:
         if x is not None:
-            x = x.astype(dtype)  # what the kernel gets; the reference uses the same values
+            x = _stored(x, dtype)  # what the kernel gets; the reference uses the same values
             arrays[name] = np.ascontiguousarray(np.swapaxes(x, 1, 2) if layout == "BTHK" else x)
     for name, x in [("initial_state", S0), ("d_final_state", dS_T)]:
         if x is not None:
-            arrays[name] = x.astype(dtype)
+            arrays[name] = _stored(x, dtype)
     cu = np.array(case.cu_seqlens, dtype=np.int64) if case.cu_seqlens else None
     scale = K ** -0.5
     ref = reference(arrays["q"], arrays["k"], arrays["v"], arrays["g"],
@@ -154,6 +171,9 @@ def write_cases(path, *, layout="BHTK", dtype="float32", chunk_size=64):
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **flat)
+        umask = os.umask(0)  # mkstemp makes the file private (0600): give it an ordinary mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -171,7 +191,8 @@ def main(argv=None):
                         help="BHTK (gla_np's, head-major) or BTHK (fla's); states are "
                              "(B, H, K, V) in both")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help="the kernel's dtype: inputs are stored in it, and the bounds use "
+                        help="the kernel's dtype: inputs are stored in it (bfloat16: as "
+                             "float32 values that bfloat16 holds exactly), and the bounds use "
                              "its error model")
     parser.add_argument("--chunk-size", type=int, default=64,
                         help="the kernel's chunk length (sets the log-gate span of the bounds)")

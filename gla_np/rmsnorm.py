@@ -40,7 +40,9 @@ def forward(x, w, eps=1e-6):
     check_same_dtype(x=x, w=w)
     eps = check_positive_real("eps", eps)
 
-    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    D = x.dtype.type(x.shape[-1])
+    mean_sq = np.einsum("...d,...d->...", x, x)[..., None] / D  # (..., 1), mean(x^2), no x*x
+    rstd = 1.0 / np.sqrt(mean_sq + eps)  # (..., 1)
     x_hat = x * rstd  # (..., D)
     y = x_hat * w
     return y, RMSNormCache(x_hat, rstd, w)
@@ -61,15 +63,17 @@ def backward(dy, cache):
     dy = check_array("dy", dy, min_ndim=1)
     check_shape("dy", dy, x_hat.shape)
     check_same_dtype(dy=dy, x=x_hat)
-    leading = tuple(range(dy.ndim - 1))  # every axis but the last: batch, time, heads, ...
 
     # forward: y = x_hat * w, one w for every row
     # so:      dw = sum_rows dy * x_hat,   dx_hat = dL/dx_hat = dy * w
-    dw = (dy * x_hat).sum(axis=leading)  # (D,)
+    dw = (dy * x_hat).reshape(-1, w.size).sum(axis=0)  # (D,), the leading axes as one row axis
     dx_hat = dy * w  # (..., D), dL/dx_hat
 
     # forward: x_hat = x * rstd,  rstd = (mean(x^2) + eps)^(-1/2)
     # so:      dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs: the two paths)
-    dx_hat_x_hat_mean = (dx_hat * x_hat).mean(axis=-1, keepdims=True)  # (..., 1)
-    dx = rstd * (dx_hat - x_hat * dx_hat_x_hat_mean)  # (..., D)
+    D = dx_hat.dtype.type(w.size)  # the mean's divisor in the data's dtype
+    dx_hat_x_hat_mean = np.einsum("...d,...d->...", dx_hat, x_hat)[..., None] / D  # (..., 1)
+    dx = x_hat * dx_hat_x_hat_mean  # (..., D), then in place: dx_hat - that, times rstd
+    np.subtract(dx_hat, dx, out=dx)
+    dx *= rstd
     return dx, dw

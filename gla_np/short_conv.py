@@ -51,7 +51,7 @@ def forward(x, w, prefix=None):
     xp = np.concatenate([prefix_arr, x], axis=1)  # (B, W-1+T, C)
     y = np.zeros_like(x)
     for j in range(W):  # W is tiny, 4 in fla: one shifted, weighted copy per tap
-        y = y + w[j] * xp[:, j:j + T]
+        y += w[j] * xp[:, j:j + T]  # in place: y is this function's own array
     return y, ShortConvCache(xp, w, prefix is not None)
 
 
@@ -81,6 +81,6 @@ def backward(dy, cache):
         # forward (2): y[:, t] += w[j] * xp[:, t + j]
         # so: dxp[:, t + j] += w[j] * dy[:, t],  dw[j] = sum over b, t of xp[:, t + j] * dy[:, t]
         dxp[:, j:j + T] += w[j] * dy
-        dw[j] = (xp[:, j:j + T] * dy).sum(axis=(0, 1))
+        dw[j] = np.einsum("btc,btc->c", xp[:, j:j + T], dy)  # no (B, T, C) product array
     d_prefix = dxp[:, :W - 1] if has_prefix else None
     return dxp[:, W - 1:], dw, d_prefix

@@ -37,7 +37,9 @@ def stable_sigmoid(x):
         np.negative(e, out=e)
         np.exp(e, out=e)  # e = exp(-|x|), in (0, 1]: never overflows
         y = one + e  # the denominator, in (1, 2]
-        np.copyto(e, one, where=x_flat >= 0)  # the numerator: 1 where x >= 0, e where x < 0
+        # the numerator, 1 where x >= 0 and e where x < 0, as max(e, [x >= 0]) since 0 < e <= 1
+        # (exact, and unlike np.where or a masked copy a fast vectorised loop)
+        np.maximum(e, x_flat >= 0, out=e)
         np.divide(e, y, out=y)  # x >= 0: 1 / (1 + e);  x < 0: e / (1 + e)
     return y.reshape(x.shape)
 

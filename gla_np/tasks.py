@@ -34,6 +34,26 @@ N data tokens, then N recall markers. The target at the i-th marker is the i-th 
 Data tokens are drawn from ``[1, V - 1)`` (0 is the blank, V - 1 the marker). In copying the
 data sits at the start; in selective copying at sorted random positions of the data region,
 so the model must pick the tokens out of the blanks (the task of the Mamba paper).
+
+Latest-value recall (MQAR with reassigned keys; this project's task for the forget gate): P
+keys are written again and again with fresh values, then each is asked once, and the answer is
+the value it was given *last*::
+
+    position  0 .. L-1 | L    L+1  L+2  L+3  ...  T-P-2 T-P-1 | T-P   ...           T-1
+    input     0 .. 0   | k    v    k'   v'   ...  k''   v''   | q(k1) q(k2) ... q(kP)
+    target    -        | -    -    -    -    ...  -     -     | latest value of k1 ...
+
+The write region holds ``(T - P) // 2`` key-value writes (a blank 0 pads the front when
+``T - P`` is odd, ``L`` = 0 or 1). Every one of the row's P keys is written at least once; the
+other writes pick one of the P keys at random, so most keys are written several times, each
+time with a new random value. Keys come from ``[1, V/4)``, values from ``[V/2, V)``, and the
+query for key k is a separate token ``q(k) = k + V/4`` (from ``[V/4, V/2)``), asked once per
+key in random order in the last P positions. The query token differs from the key token on
+purpose: in a one-layer model the forget gate at position t sees only the token at t, so a
+gate that wipes key k's memory whenever k is written would wipe it at the query too if the
+query were the same token. With its own query token the gate can tell a rewrite from a
+question. Why a model without decay cannot do this task (its state is a sum that does not know
+which write came last) and what a K x V state can hold is explained in docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -147,7 +167,54 @@ def selective_copying(rng, batch_size, *, seq_len=64, num_tokens=8, vocab_size=1
     return _copy_layout(rng, batch_size, seq_len, num_tokens, vocab_size, selective=True)
 
 
-TASKS = {"mqar": mqar, "copying": copying, "selective_copying": selective_copying}
+def latest_recall(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=128):
+    """Latest-value recall: keys reassigned many times, the query asks for the last value.
+
+    ``num_pairs`` is the number of distinct keys P per row (see the module docstring for the
+    layout). Needs ``seq_len >= 3 * num_pairs`` (at least one write per key, then P queries)
+    and ``vocab_size >= 4 * (num_pairs + 1)`` (P distinct keys in ``[1, V/4)``). Returns
+    ``(inputs, targets)``, int64 ``(batch_size, seq_len)``.
+    """
+    _check_rng(rng)
+    B = _check_int("batch_size", batch_size, 1)
+    P = _check_int("num_pairs", num_pairs, 1)
+    T = _check_int("seq_len", seq_len, 1)
+    V = _check_int("vocab_size", vocab_size, 2)
+    if T < 3 * P:
+        raise ValueError(f"seq_len: expected >= 3 * num_pairs = {3 * P} (one write of each key, "
+                         f"then one query per key), got {T}")
+    if V // 4 - 1 < P:
+        raise ValueError(f"vocab_size: expected >= {4 * (P + 1)} so that {P} distinct keys fit "
+                         f"in [1, vocab_size // 4), got {V}")
+    W = (T - P) // 2  # writes
+    start = T - P - 2 * W  # 0 or 1: a blank pads the front
+
+    key_vocab = np.arange(1, V // 4)
+    order = rng.random((B, key_vocab.size)).argsort(axis=1)  # (B, V/4 - 1)
+    keys = key_vocab[order[:, :P]]  # (B, P), distinct per row
+    # which key each write uses: every key once, the other W - P at random, all shuffled
+    slot = np.concatenate([np.broadcast_to(np.arange(P), (B, P)),
+                           rng.integers(0, P, size=(B, W - P))], axis=1)  # (B, W)
+    slot = np.take_along_axis(slot, rng.random((B, W)).argsort(axis=1), axis=1)
+    write_keys = np.take_along_axis(keys, slot, axis=1)  # (B, W)
+    write_values = rng.integers(V // 2, V, size=(B, W))  # (B, W)
+    # the last write of each key: the largest write index whose slot is that key
+    is_key = slot[:, :, None] == np.arange(P)  # (B, W, P)
+    last = np.where(is_key, np.arange(W)[None, :, None], -1).max(axis=1)  # (B, P), each >= 0
+    latest = np.take_along_axis(write_values, last, axis=1)  # (B, P)
+    asked = rng.random((B, P)).argsort(axis=1)  # (B, P): which key each query asks
+
+    inputs = np.zeros((B, T), dtype=np.int64)
+    inputs[:, start:T - P:2] = write_keys
+    inputs[:, start + 1:T - P:2] = write_values
+    inputs[:, T - P:] = np.take_along_axis(keys, asked, axis=1) + V // 4
+    targets = np.full((B, T), IGNORE, dtype=np.int64)
+    targets[:, T - P:] = np.take_along_axis(latest, asked, axis=1)
+    return inputs, targets
+
+
+TASKS = {"mqar": mqar, "copying": copying, "selective_copying": selective_copying,
+         "latest_recall": latest_recall}
 
 
 def make_batch(task, rng, batch_size, **sizes):

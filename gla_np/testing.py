@@ -147,10 +147,10 @@ def _run_packed(module, segments, q, k, v, g, S0, do, dS_T, scale, options):
     """Each sequence of a packed batch on its own (state reset at each boundary), joined again."""
     parts = []
     for n, seg in enumerate(segments):
-        pick = (lambda x: None if x is None else x[:, :, seg])  # noqa: E731
-        state = (lambda x: None if x is None else x[n:n + 1])  # noqa: E731
-        parts.append(_run(module, pick(q), pick(k), pick(v), pick(g), state(S0), pick(do),
-                          state(dS_T), scale, options))
+        along_t = [None if x is None else x[:, :, seg] for x in (q, k, v, g, do)]
+        states = [None if x is None else x[n:n + 1] for x in (S0, dS_T)]  # sequence n's
+        parts.append(_run(module, *along_t[:4], states[0], along_t[4], states[1], scale,
+                          options))
     joined = []
     for i, name in enumerate(NAMES):
         pieces = [p[i] for p in parts]
@@ -231,26 +231,38 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
         return _run_packed(module, segments, *args, scale, options)
 
     values = run(q, k, v, g, S0, do, dS_T)
-    absolute = [None if x is None else np.abs(x) for x in (q, k, v)]
-    mags = run(*absolute, g, *[None if x is None else np.abs(x) for x in (S0, do, dS_T)])
+    # the magnitudes: every coefficient is positive, so the same map on absolute values sums
+    # the absolute values of the terms, entry by entry
+    mags = run(*(None if x is None else np.abs(x) for x in (q, k, v)), g,
+               *(None if x is None else np.abs(x) for x in (S0, do, dS_T)))
     if mags[5] is not None:
-        # dg's own rule: the magnitude of the gate identity's terms, which cancel in its reverse
-        # cumulative sum: sum over tau >= t of |q| |dq| + |k| |dk|, plus |S_T| |dS_T| summed over V
-        terms = absolute[0] * mags[2] + absolute[1] * mags[3]  # (B, H, T, K)
-        mags[5] = _reverse_cumsum_per_sequence(terms, segments)
-        if dS_T is not None:
-            carried = np.einsum("nhkv,nhkv->nhk", mags[1], np.abs(dS_T))  # (N, H, K)
-            if segments is None:
-                mags[5] = mags[5] + carried[:, :, None, :]
-            else:
-                for n, seg in enumerate(segments):
-                    mags[5][:, :, seg] += carried[n][None, :, None, :]
-    out = [x if (x is None or name in ("final_state", "d_initial_state")) else
-           _heads_major(x, layout) for name, x in zip(NAMES, values)]
-    mag = [x if (x is None or name in ("final_state", "d_initial_state")) else
-           _heads_major(x, layout) for name, x in zip(NAMES, mags)]
-    span = log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens)
-    return Reference(*out, magnitude=Tensors(*mag), log_gate_span=span, chunk_size=chunk_size)
+        mags[5] = _dg_magnitude(np.abs(q), np.abs(k), mags[2], mags[3], mags[1],
+                                None if dS_T is None else np.abs(dS_T), segments)
+    return Reference(*_callers_layout(values, layout),
+                     magnitude=Tensors(*_callers_layout(mags, layout)),
+                     log_gate_span=log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens),
+                     chunk_size=chunk_size)
+
+
+def _callers_layout(tensors, layout):
+    """The seven head-major tensors in the caller's layout (states are (B, H, K, V) in both)."""
+    return [x if x is None or name in ("final_state", "d_initial_state") else
+            np.ascontiguousarray(_heads_major(x, layout)) for name, x in zip(NAMES, tensors)]
+
+
+def _dg_magnitude(q_abs, k_abs, dq_mag, dk_mag, S_T_mag, dS_T_abs, segments):
+    """dg's own rule: the magnitude of the gate identity's terms, which cancel in its reverse
+    cumulative sum: sum over t' >= t of |q| M_dq + |k| M_dk, plus sum over V of M_ST |dS_T|
+    (per sequence when the batch is packed). All (B, H, T, K) but the states (N, H, K, V)."""
+    M = _reverse_cumsum_per_sequence(q_abs * dq_mag + k_abs * dk_mag, segments)
+    if dS_T_abs is not None:
+        carried = np.einsum("nhkv,nhkv->nhk", S_T_mag, dS_T_abs)  # (N, H, K)
+        if segments is None:
+            M += carried[:, :, None, :]  # every t of the sequence
+        else:
+            for n, seg in enumerate(segments):
+                M[:, :, seg] += carried[n][None, :, None, :]  # the t of sequence n
+    return M
 
 
 def _reverse_cumsum_per_sequence(x, segments):

@@ -72,13 +72,14 @@ def build_parser():
     a = p.add_argument
     a("--task", default="mqar", choices=sorted(tasks.TASKS), help="the toy task")
     a("--seq_len", type=int, default=64, help="sequence length T")
-    a("--num_pairs", type=int, default=8, help="MQAR: key-value pairs per sequence")
+    a("--num_pairs", type=int, default=8,
+      help="MQAR: key-value pairs per sequence; latest_recall: distinct keys per sequence")
     a("--num_tokens", type=int, default=8, help="copying tasks: tokens to copy per sequence")
     a("--vocab_size", type=int, default=256, help="vocabulary size")
     a("--steps", type=int, default=1500, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
-    a("--lr", type=float, default=3e-3, help="peak learning rate (AdamW), at most 1")
-    a("--min_lr", type=float, default=3e-4, help="learning rate at the end of the cosine decay")
+    a("--lr", type=float, default=1.5e-3, help="peak learning rate (AdamW), at most 1")
+    a("--min_lr", type=float, default=1.5e-4, help="learning rate at the end of the cosine decay")
     a("--warmup", type=int, default=50, help="linear warmup steps")
     a("--weight_decay", type=float, default=0.1,
       help="AdamW decoupled weight decay, applied to matrices only")
@@ -130,7 +131,7 @@ def model_config(run):
 def task_sizes(run):
     """The keyword arguments of the run's task function."""
     sizes = {"seq_len": run["seq_len"], "vocab_size": run["vocab_size"]}
-    if run["task"] == "mqar":
+    if run["task"] in ("mqar", "latest_recall"):
         sizes["num_pairs"] = run["num_pairs"]
     else:
         sizes["num_tokens"] = run["num_tokens"]

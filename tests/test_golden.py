@@ -116,6 +116,13 @@ def test_packed_case_is_the_sequences_run_one_by_one(files):
         assert (np.abs(out["dg"] - case["dg"][:, seg]) <= case["bound_dg"][:, seg]).all()
 
 
+def test_the_file_gets_an_ordinary_mode_not_the_temporary_files(tmp_path):
+    out, plain = tmp_path / "cases.npz", tmp_path / "plain"
+    plain.write_bytes(b"")  # what open() gives under the current umask
+    golden.write_cases(str(out))
+    assert (out.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     out = tmp_path / "cases.npz"
     out.write_bytes(b"old")
@@ -144,3 +151,20 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys, argv, pattern):
     assert info.value.code == 2
     assert pattern in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_bfloat16_cases_hold_bfloat16_values_and_bf16_rounded_outputs_pass():
+    """NumPy has no bfloat16: the file stores float32 values whose low 16 bits are 0. A kernel
+    whose outputs are rounded to bfloat16 (a float32 kernel, then the cast) passes the bounds."""
+    for name, case in golden.make_cases(layout="BTHK", dtype="bfloat16").items():
+        for key in ("q", "k", "v", "g"):
+            assert case[key].dtype == np.float32
+            assert not (case[key].view(np.uint32) & 0xFFFF).any(), (name, key)
+        if "cu_seqlens" in case:
+            continue
+        out = pk.gla_np_chunked(64)(*(case.get(n) for n in ARGS), np.float32(case["scale"]))
+        for key, x in out.items():
+            x = golden._round_to_bfloat16(x)
+            assert (np.abs(x - case[key]) <= case["bound_" + key]).all(), (name, key)
+    assert golden._round_to_bfloat16(np.float32(1 + 2 ** -8)) == 1.0  # a tie goes to even
+    assert golden._round_to_bfloat16(np.float32(1 + 3 * 2 ** -9)) == 1 + 2 ** -7

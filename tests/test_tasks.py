@@ -73,6 +73,50 @@ def test_selective_copying_scatters_its_tokens():
     assert starts_with_data.mean() < 0.1  # contiguous at the start only by rare chance
 
 
+def _check_latest_recall_row(inp, tgt, P, V):
+    """Replays the writes one by one (a dict, the last write wins) and checks every answer."""
+    T = inp.size
+    W = (T - P) // 2
+    start = T - P - 2 * W
+    assert (inp[:start] == 0).all() and (tgt[:T - P] == IGNORE).all()
+    write_keys, write_values = inp[start:T - P:2], inp[start + 1:T - P:2]
+    assert ((write_keys >= 1) & (write_keys < V // 4)).all()
+    assert ((write_values >= V // 2) & (write_values < V)).all()
+    memory = {}
+    for k, v in zip(write_keys.tolist(), write_values.tolist()):
+        memory[k] = v
+    assert len(memory) == P  # P distinct keys, each written at least once
+    queries = inp[T - P:] - V // 4  # the key each query token stands for
+    assert sorted(queries.tolist()) == sorted(memory)  # every key asked exactly once
+    assert tgt[T - P:].tolist() == [memory[k] for k in queries.tolist()]
+
+
+@given(P=st.integers(1, 6), extra=st.integers(0, 21), V_extra=st.integers(0, 40),
+       seed=st.integers(0, 2**16))
+def test_latest_recall_layout(P, extra, V_extra, seed):
+    T, V = 3 * P + extra, 4 * (P + 1) + V_extra
+    inputs, targets = tasks.latest_recall(np.random.default_rng(seed), 3, seq_len=T,
+                                          num_pairs=P, vocab_size=V)
+    assert inputs.shape == targets.shape == (3, T)
+    assert inputs.dtype == targets.dtype == np.int64
+    for b in range(3):
+        _check_latest_recall_row(inputs[b], targets[b], P, V)
+
+
+def test_latest_recall_reassigns_keys():
+    """At the defaults most keys are written more than once, and for many queries an earlier
+    value of the key differs from the asked (latest) one: forgetting is needed, not optional."""
+    inputs, targets = tasks.latest_recall(np.random.default_rng(1), 200)
+    P, V, T = 8, 128, 64
+    stale = 0
+    for inp, tgt in zip(inputs, targets):
+        _check_latest_recall_row(inp, tgt, P, V)
+        keys, values = inp[0:T - P:2], inp[1:T - P:2]
+        for q, answer in zip(inp[T - P:] - V // 4, tgt[T - P:]):
+            stale += bool(np.any(values[keys == q] != answer))
+    assert stale / (200 * P) > 0.8
+
+
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_determinism(task):
     a = tasks.make_batch(task, np.random.default_rng(42), 5)
@@ -92,9 +136,13 @@ def test_determinism(task):
     (lambda r: tasks.copying(r, 2, seq_len=9, num_tokens=5), "seq_len"),
     (lambda r: tasks.selective_copying(r, 2, vocab_size=2), "vocab_size"),
     (lambda r: tasks.mqar(42, 2), "rng"),
+    (lambda r: tasks.latest_recall(r, 2, seq_len=23, num_pairs=8), "seq_len"),
+    (lambda r: tasks.latest_recall(r, 2, num_pairs=8, vocab_size=35), "vocab_size"),
+    (lambda r: tasks.latest_recall(r, 2, num_pairs=0), "num_pairs"),
     (lambda r: tasks.make_batch("sorting", r, 2), "task"),
 ], ids=["mqar-short-seq", "mqar-small-vocab", "batch0", "pairs0", "power0", "copy-short-seq",
-        "selcopy-vocab2", "int-seed", "unknown-task"])
+        "selcopy-vocab2", "int-seed", "latest-short-seq", "latest-small-vocab",
+        "latest-pairs0", "unknown-task"])
 def test_validation(call, match):
     with pytest.raises(ValueError, match=match):
         call(np.random.default_rng(0))

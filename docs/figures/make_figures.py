@@ -117,7 +117,7 @@ def overflow_example(g=-30.0, rows=4):
 def chunk_tiles_svg(C=12, c=4, cell=24):
     """One chunk's C x C score matrix A[t, u], tiled by sub-chunks of c rows."""
     left, top = 70, 60
-    svg = Svg(left + C * cell + 470, top + C * cell + 60)
+    svg = Svg(left + C * cell + 480, top + C * cell + 90)
     svg.text(left, 24, f"One chunk's scores A[t, u], C = {C} rows, sub-chunks of c = {c}",
              size=15, weight="bold")
     svg.text(left + C * cell / 2, top - 12, "key row u  ->", anchor="middle")
