@@ -136,7 +136,8 @@ def backward(dlogits, cache):
     dE_embed = embedding.backward(dx, cache.embedding)
     if cache.tied:
         # forward: x = E[ids] and logits = h E^T   so: dE_head = dW_head^T, added to the lookup's
-        dE = dE_embed + dW_head.T  # E feeds the lookup and the head
+        dE_head = dW_head.T  # (vocab, D)
+        dE = dE_embed + dE_head  # E feeds the lookup and the head
         return {EMBEDDING: dE, **grads}
     return {EMBEDDING: dE_embed, **grads, HEAD: dW_head}
 

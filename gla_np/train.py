@@ -78,8 +78,8 @@ def build_parser():
     a("--vocab_size", type=int, default=256, help="vocabulary size")
     a("--steps", type=int, default=1500, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
-    a("--lr", type=float, default=3e-3, help="peak learning rate (AdamW), at most 1")
-    a("--min_lr", type=float, default=3e-4, help="learning rate at the end of the cosine decay")
+    a("--lr", type=float, default=1.5e-3, help="peak learning rate (AdamW), at most 1")
+    a("--min_lr", type=float, default=1.5e-4, help="learning rate at the end of the cosine decay")
     a("--warmup", type=int, default=50, help="linear warmup steps")
     a("--weight_decay", type=float, default=0.1,
       help="AdamW decoupled weight decay, applied to matrices only")

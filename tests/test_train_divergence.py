@@ -11,7 +11,8 @@ from gla_np import checkpoint, lm, optim, train
 
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2", "--threads", "1", "--steps", "8", "--save_every", "2"]
+        "--eval_batches", "2", "--threads", "1", "--steps", "8", "--save_every", "2",
+        "--lr", "0.003"]
 INTERNAL = re.compile(r"\b(x|E|dout|dy|q|k|v|g)\b\s*:|'(x|E|dout)'")
 
 

@@ -38,10 +38,10 @@ def test_every_run_option_is_stored(stopped):
 
 
 def test_explicit_option_equal_to_its_default_is_still_checked(stopped, capsys):
-    """Regression: only options differing from their defaults were compared, so --lr 0.003
+    """Regression: only options differing from their defaults were compared, so --lr 0.0015
     (the default) was silently replaced by the checkpoint's 0.01."""
-    err = _refused(["--resume", str(stopped), "--lr", "0.003"], capsys)
-    assert "--lr 0.003 (checkpoint: 0.01)" in err
+    err = _refused(["--resume", str(stopped), "--lr", "0.0015"], capsys)
+    assert "--lr 0.0015 (checkpoint: 0.01)" in err
     err = _refused(["--resume", str(stopped), "--eval_batches", "16"], capsys)
     assert "--eval_batches 16 (checkpoint: 2)" in err
     err = _refused(["--resume", str(stopped), "--short_conv"], capsys)  # True: the default
