@@ -22,18 +22,26 @@ Dropout: with ``training=True`` each shard draws its own masks from a generator 
 ``rng``, so the masks (not the rule above) depend on the number of shards. With one shard the
 step is exactly ``lm.loss_and_grads``.
 
+One BLAS thread per shard. The shards already use every core; two shards each asking OpenBLAS
+for two threads oversubscribe the cores, whose waiting BLAS threads then spin (measured on a
+busy machine: the small benchmark step went from 0.17 s to 2.2 s). So while the shards run (one
+or more), ``loss_and_grads`` sets OpenBLAS to one thread and afterwards back to what it was
+(``blas_threads``, through the OpenBLAS library NumPy loaded, found in /proc/self/maps; where it
+cannot be found, on another BLAS or system, set ``OPENBLAS_NUM_THREADS=1`` or its equivalent
+before starting Python).
+
 The process around the threads (``PROCESS_ENV``, which ``python -m gla_np.train`` and
 benchmarks/train_step.py set by starting themselves again; a library user sets it in the shell):
-
-* one BLAS thread per shard: the shards already use every core, and two shards each asking
-  OpenBLAS for two threads oversubscribe the cores, whose waiting BLAS threads then spin;
-* glibc's malloc keeps freed memory for the next step instead of handing each large temporary
-  back to the kernel and faulting it in again (without this, system time was a quarter of the
-  step). Both are read only when the process starts. docs/performance.md has the measurements.
+the BLAS thread variables as above, and glibc's malloc keeping freed memory for the next step
+instead of handing each large temporary back to the kernel and faulting it in again (without
+this, system time was a quarter of the step). Both are read only when the process starts.
+docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +71,63 @@ def default_threads():
         return max(1, os.cpu_count() or 1)
 
 
+_BLAS = {}  # "funcs": (get, set) of the loaded OpenBLAS, or None; looked up once
+
+
+def _openblas_thread_functions():
+    """(get_num_threads, set_num_threads) of the OpenBLAS that NumPy loaded, or None."""
+    if "funcs" not in _BLAS:
+        _BLAS["funcs"] = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f
+                                if "openblas" in line.lower() and "/" in line})
+        except OSError:  # not Linux
+            paths = []
+        names = [(f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}")
+                 for prefix in ("scipy_openblas", "openblas") for suffix in ("64_", "")]
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)  # already loaded by NumPy: the same library
+            except OSError:
+                continue
+            for get, set_ in names:
+                if hasattr(lib, get) and hasattr(lib, set_):
+                    getattr(lib, get).restype = ctypes.c_int
+                    getattr(lib, set_).argtypes = [ctypes.c_int]
+                    _BLAS["funcs"] = (getattr(lib, get), getattr(lib, set_))
+                    return _BLAS["funcs"]
+    return _BLAS["funcs"]
+
+
+def blas_threads(n=None):
+    """OpenBLAS's thread count for the whole process, after setting it to ``n`` if given.
+
+    Returns None (and changes nothing) when the OpenBLAS NumPy uses cannot be found.
+    """
+    funcs = _openblas_thread_functions()
+    if funcs is None:
+        return None
+    get, set_ = funcs
+    if n is not None:
+        set_(check_positive_int("n", n))
+    return int(get())
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """OpenBLAS on one thread inside the block, as it was afterwards."""
+    before = blas_threads()
+    if before is None or before == 1:
+        yield
+        return
+    blas_threads(1)
+    try:
+        yield
+    finally:
+        blas_threads(before)
+
+
 def _pool(threads):
     """A thread pool of ``threads`` workers, made once per size and reused for every step."""
     with _POOLS_LOCK:
@@ -82,7 +147,8 @@ def shard_bounds(batch_size, shards):
 def loss_and_grads(params, ids, targets, config, *, threads=None, training=False, rng=None):
     """``lm.loss_and_grads`` over the batch, cut into ``threads`` shards run in parallel.
 
-    ``threads`` None means every core (``default_threads()``). Returns ``(loss, grads, logits)``
+    ``threads`` None means every core (``default_threads()``); it counts every thread the step
+    runs, so OpenBLAS runs on one thread meanwhile. Returns ``(loss, grads, logits)``
     exactly as ``lm.loss_and_grads`` does: the loss a Python float, the mean cross-entropy over
     the batch's target positions; grads keyed like params; logits (B, T, vocab).
     """
@@ -93,7 +159,8 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
                          f"{ids.shape} and {targets.shape}")
     bounds = shard_bounds(ids.shape[0], threads)
     if len(bounds) == 1:
-        return lm.loss_and_grads(params, ids, targets, config, training=training, rng=rng)
+        with _one_blas_thread():  # threads=1 means one thread, BLAS's included
+            return lm.loss_and_grads(params, ids, targets, config, training=training, rng=rng)
 
     rngs = [None] * len(bounds)
     if training and rng is not None:  # one generator per shard, seeded from the step's rng
@@ -105,7 +172,8 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
         return lm.loss_and_grads(params, ids[start:stop], targets[start:stop], config,
                                  training=training, rng=rngs[i])
 
-    results = list(_pool(threads).map(run, range(len(bounds))))
+    with _one_blas_thread():  # one BLAS thread per shard (module docstring)
+        results = list(_pool(threads).map(run, range(len(bounds))))
     counts = [int((targets[start:stop] != IGNORE).sum()) for start, stop in bounds]
     total = sum(counts)
     # loss = sum_s (n_s / n) loss_s,  grad = sum_s (n_s / n) grad_s   (module docstring)

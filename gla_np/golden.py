@@ -42,7 +42,9 @@ def _round_to_bfloat16(x):
     stores those float32 values and a kernel casts them to bfloat16 without loss.
     """
     bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    # constants as uint64: NumPy 1.x mixes a 0-d uint64 and a Python int into float64
+    one, half, shift = np.uint64(1), np.uint64(0x7FFF), np.uint64(16)
+    bits = ((bits + half + ((bits >> shift) & one)) >> shift) << shift
     return bits.astype(np.uint32).view(np.float32)
 
 

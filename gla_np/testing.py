@@ -147,10 +147,10 @@ def _run_packed(module, segments, q, k, v, g, S0, do, dS_T, scale, options):
     """Each sequence of a packed batch on its own (state reset at each boundary), joined again."""
     parts = []
     for n, seg in enumerate(segments):
-        pick = (lambda x: None if x is None else x[:, :, seg])  # noqa: E731
-        state = (lambda x: None if x is None else x[n:n + 1])  # noqa: E731
-        parts.append(_run(module, pick(q), pick(k), pick(v), pick(g), state(S0), pick(do),
-                          state(dS_T), scale, options))
+        along_t = [None if x is None else x[:, :, seg] for x in (q, k, v, g, do)]
+        states = [None if x is None else x[n:n + 1] for x in (S0, dS_T)]  # sequence n's
+        parts.append(_run(module, *along_t[:4], states[0], along_t[4], states[1], scale,
+                          options))
     joined = []
     for i, name in enumerate(NAMES):
         pieces = [p[i] for p in parts]

@@ -108,3 +108,25 @@ def test_bad_input():
         data_parallel.loss_and_grads(params, ids, targets, config, threads=0)
     with pytest.raises(ValueError, match="ids, targets"):
         data_parallel.loss_and_grads(params, ids, targets[:, 1:], config, threads=2)
+
+
+def test_blas_runs_one_thread_during_the_shards_and_is_restored():
+    config = _config()
+    params, ids, targets = _problem(config)
+    seen = []
+    original = lm.loss_and_grads
+
+    def spy(*args, **kwargs):
+        seen.append(data_parallel.blas_threads())
+        return original(*args, **kwargs)
+
+    before = data_parallel.blas_threads()
+    data_parallel.lm.loss_and_grads = spy
+    try:
+        data_parallel.loss_and_grads(params, ids, targets, config, threads=2)
+    finally:
+        data_parallel.lm.loss_and_grads = original
+    assert len(seen) == 2 and data_parallel.blas_threads() == before
+    if before is not None:  # OpenBLAS found (it is, for NumPy's own wheels on Linux)
+        assert seen == [1, 1]
+        assert data_parallel.blas_threads(before) == before
