@@ -290,6 +290,190 @@ def curve_svg(path, title=None):
     return svg.render()
 
 
+# --- the gate experiments (experiments/gates.py) -------------------------------------------------
+
+GATE_RESULTS = HERE / "data" / "gates-results.csv"
+FORGET_GATES = HERE / "data" / "forget-gates.csv"
+GATE_COLORS = {"vector": "#cc4125", "scalar": "#e69138", "fixed": "#3d85c6", "none": "#666666"}
+
+
+def read_gate_results(path):
+    """The rows of experiments/gates.py's results.csv, numbers parsed."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for name in ("head_dim", "num_pairs", "seed", "train_len", "eval_len"):
+                row[name] = int(row[name])
+            row["accuracy"] = float(row["accuracy"])
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def _gate_panel(svg, x0, y0, pw, ph, xs, xlabels, series, title, marker=None):
+    """One panel: accuracy (0..1) against categorical x, per gate the mean over seeds (line and
+    dots) and the range over seeds (a vertical bar). series: gate -> {x: [accuracies]}."""
+    svg.text(x0 + pw / 2, y0 - 10, title, size=13, anchor="middle", weight="bold")
+    svg.rect(x0, y0, pw, ph, "none", "#888", 1.0)
+    for i in range(5):
+        yy = y0 + ph * (1 - i / 4)
+        svg.line(x0, yy, x0 + pw, yy, "#eeeeee", 1.0)
+        svg.text(x0 - 6, yy + 4, f"{i / 4:.2f}", size=11, anchor="end")
+
+    def px(i):
+        return x0 + pw * (i + 0.5) / len(xs)
+
+    for i, label in enumerate(xlabels):
+        svg.text(px(i), y0 + ph + 16, label, size=11, anchor="middle")
+    if marker is not None:  # a dashed line between two categories (where x passes the state)
+        mx = x0 + pw * marker / len(xs)
+        svg.line(mx, y0, mx, y0 + ph, "#999", 1.0, ' stroke-dasharray="4,3"')
+    for offset, (gate, by_x) in enumerate(series.items()):
+        color = GATE_COLORS[gate]
+        dx = (offset - (len(series) - 1) / 2) * 5  # side by side, so the bars do not overlap
+        points = []
+        for i, x in enumerate(xs):
+            accs = by_x.get(x, [])
+            if not accs:
+                continue
+            cx = px(i) + dx
+            lo, hi, mean = min(accs), max(accs), float(np.mean(accs))
+            svg.line(cx, y0 + ph * (1 - lo), cx, y0 + ph * (1 - hi), color, 1.5)
+            svg.rect(cx - 3, y0 + ph * (1 - mean) - 3, 6, 6, color)
+            points.append((cx, y0 + ph * (1 - mean)))
+        if len(points) > 1:
+            svg.polyline(points, color, 1.5)
+
+
+def _gate_legend(svg, x, y, seeds_text):
+    for gate, color in GATE_COLORS.items():
+        svg.rect(x, y - 10, 12, 12, color)
+        svg.text(x + 18, y, f"{gate} gate", size=12)
+        x += 110
+    svg.text(x + 10, y, seeds_text, size=11, fill="#666")
+
+
+def _seeds_text(rows):
+    n = sorted({len({r["seed"] for r in rows if (r["gate"], r["head_dim"], r["num_pairs"]) == c})
+                for c in {(r["gate"], r["head_dim"], r["num_pairs"]) for r in rows}})
+    return (f"dot: mean over {n[0]} seeds; bar: min to max" if len(n) == 1 else
+            f"dot: mean over {n[0]} to {n[-1]} seeds; bar: min to max")
+
+
+def gates_capacity_svg(path=GATE_RESULTS):
+    """Held-out accuracy against the number of keys P, one panel per head size K."""
+    rows = [r for r in read_gate_results(path) if r["eval_len"] == r["train_len"]
+            and r["form"] != "recurrent"]
+    heads = sorted({r["head_dim"] for r in rows})
+    pairs = sorted({r["num_pairs"] for r in rows})
+    W, H, left, top, pw, ph, gap = max(700, 140 + 330 * len(heads)), 400, 70, 70, 280, 240, 50
+    svg = Svg(W, H)
+    T = rows[0]["train_len"]
+    svg.text(20, 26, f"Latest-value recall: held-out accuracy against the number of keys P "
+             f"(T = {T})", size=15, weight="bold")
+    for j, K in enumerate(heads):
+        series = {}
+        for gate in GATE_COLORS:
+            by_p = {}
+            for r in rows:
+                if r["gate"] == gate and r["head_dim"] == K:
+                    by_p.setdefault(r["num_pairs"], []).append(r["accuracy"])
+            series[gate] = by_p
+        marker = next((i for i, P in enumerate(pairs) if P > K), None)
+        _gate_panel(svg, left + j * (pw + gap), top, pw, ph, pairs,
+                    [f"P = {P}" for P in pairs], series,
+                    f"head size K = {K} (state {K} x {K})", marker)
+    svg.text(left, top + ph + 40, "dashed line: P passes K, more keys than the state has "
+             "independent directions", size=11, fill="#666")
+    _gate_legend(svg, left, H - 24, _seeds_text(rows))
+    return svg.render()
+
+
+def gates_length_svg(path=GATE_RESULTS):
+    """Accuracy against the evaluation length, for the runs evaluated at several lengths."""
+    rows = [r for r in read_gate_results(path) if r["form"] == "recurrent"]
+    lengths = sorted({r["eval_len"] for r in rows})
+    K, P, T = rows[0]["head_dim"], rows[0]["num_pairs"], rows[0]["train_len"]
+    W, H, left, top, pw, ph = 640, 400, 70, 70, 330, 240
+    svg = Svg(W, H)
+    svg.text(20, 26, f"Held-out accuracy, trained at T = {T}, evaluated longer (K = {K}, "
+             f"P = {P} keys)", size=15, weight="bold")
+    series = {}
+    for gate in GATE_COLORS:
+        by_t = {}
+        for r in rows:
+            if r["gate"] == gate:
+                by_t.setdefault(r["eval_len"], []).append(r["accuracy"])
+        series[gate] = by_t
+    _gate_panel(svg, left, top, pw, ph, lengths, [f"T = {t}" for t in lengths], series,
+                "recurrent form, same weights")
+    y = top + 20
+    for line in ["Longer sequences: more writes of the",
+                 "same keys before the questions",
+                 f"(T = {lengths[-1]}: {(lengths[-1] - P) // 2} writes of {P} keys)."]:
+        svg.text(left + pw + 20, y, line, size=11, fill="#444")
+        y += 16
+    _gate_legend(svg, 20, H - 24, "")
+    svg.text(20, H - 6, _seeds_text(rows), size=11, fill="#666")
+    return svg.render()
+
+
+def read_forget_gates(path):
+    """(labels, roles, kept) from forget-gates.csv: kept is (T, K), exp(g) per token, channel."""
+    labels, roles, kept = [], [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            labels.append(row["label"])
+            roles.append(row["role"])
+            kept.append([float(row[name]) for name in row if name.startswith("keep_")])
+    return labels, roles, np.array(kept)
+
+
+def _forget_color(kept, floor):
+    """White where the channel keeps everything (exp(g) = 1), dark red at ``floor`` and below."""
+    f = float(np.clip((1 - kept) / (1 - floor), 0, 1))
+    r, g, b = (int(round(255 + (end - 255) * f)) for end in (0x99, 0x00, 0x00))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def forget_gates_svg(path=FORGET_GATES, cell=12):
+    """A heatmap of a trained model's forget gates over one sequence: channels down, tokens
+    across, red where the channel forgets (exp(g) small), white where it keeps (near 1)."""
+    labels, roles, kept = read_forget_gates(path)
+    T, K = kept.shape
+    floor = min(0.9, float(np.floor(kept.min() * 10) / 10))  # the darkest colour's value
+    left, top = 80, 70
+    W, H = left + T * cell + 40, top + K * cell + 150
+    svg = Svg(W, H)
+    svg.text(20, 26, "Inside a trained model: how much each channel of the state keeps at each "
+             "token", size=15, weight="bold")
+    svg.text(20, 44, "vector gate, exp(g) per channel (row) and token (column); red = forget, "
+             "white = keep", size=12)
+    for t in range(T):
+        for c in range(K):
+            svg.rect(left + t * cell, top + c * cell, cell, cell, _forget_color(kept[t, c], floor))
+    svg.rect(left, top, T * cell, K * cell, "none", "#888", 1.0)
+    for c in range(K):
+        svg.text(left - 6, top + (c + 0.8) * cell, str(c), size=8, anchor="end")
+    svg.text(left - 30, top - 8, "channel", size=11)
+    role_color = {"key": "#cc4125", "value": "#888888", "query": "#3d85c6", "blank": "#cccccc"}
+    for t, (label, role) in enumerate(zip(labels, roles)):
+        x = left + (t + 0.5) * cell
+        svg.text(x, top + K * cell + 12, label, size=8, anchor="middle", fill=role_color[role])
+    y = top + K * cell + 40
+    svg.text(left, y, "tokens: key letters (red) are writes of that key, the grey dot after "
+             "each is its value, blue letters at the end are the questions", size=11)
+    svg.text(left, y + 16, "(which key each channel serves is the model's own choice; the "
+             "letters name the keys in order of first appearance)", size=11)
+    for i in range(5):
+        v = floor + (1 - floor) * i / 4
+        x = left + i * 70 + (40 if i else 0)
+        svg.rect(x, y + 34, 14, 14, _forget_color(v, floor), "#888")
+        svg.text(x + 20, y + 45, f"{v:.2f}" + (" or less" if i == 0 else ""), size=11)
+    svg.text(left + 380, y + 45, "exp(g): the fraction of the channel's memory kept", size=11)
+    return svg.render()
+
 def write(path, text):
     """Write text to path via a temporary file, so a figure is never half-written."""
     path = Path(path)
@@ -313,7 +497,9 @@ def main(argv=None):
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"chunk-tiles.svg": chunk_tiles_svg(), "windows.svg": windows_svg(),
                "training-curve.svg": curve_svg(DEFAULT_METRICS, "MQAR, the default run of "
-                                               "python -m gla_np.train")}
+                                               "python -m gla_np.train"),
+               "gates-capacity.svg": gates_capacity_svg(), "gates-length.svg": gates_length_svg(),
+               "forget-gates.svg": forget_gates_svg()}
     written = []
     for name, text in figures.items():
         write(folder / name, text)
