@@ -21,7 +21,7 @@ Each row runs README's test command with that Python (``python -m venv``, ``pip 
 that the NumPy it got is the one it asked for, then starts README's training command for three
 steps. A row the machine cannot run (no such Python, no venv module) is printed as MISSING, never
 passed silently; any failure makes the exit status 1. pip's cache is used as usual, so a second
-run downloads nothing.
+run downloads nothing. First of all it checks that ``.ci/run``'s test command is README's, verbatim.
 """
 
 from __future__ import annotations
@@ -184,8 +184,20 @@ def run_row(name, python, numpy_pin, workdir):
     return row
 
 
+def readme_command_is_ci_command():
+    """.ci/run must run README's test command verbatim: the line with pytest is in README."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if "-m pytest" in line and not line.lstrip().startswith("#")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    return len(lines) == 1 and lines[0] in (line.strip() for line in readme)
+
+
 def main():
     start = time.monotonic()
+    if not readme_command_is_ci_command():
+        print("matrix: FAIL: .ci/run's test command is not README's test command, verbatim")
+        print("matrix: 0 passed, 1 failed")
+        return 1
     lowest, highest, rules = read_setup_cfg()
     pythons = find_pythons()
     supported = sorted((v for v in pythons.values() if lowest <= v[0][:2] <= highest),
