@@ -94,6 +94,9 @@ def test_round_trip_is_exact_with_key_and_value_sizes_differing(tmp_path, tied):
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["expand_k"] == 0.5 and written["expand_v"] == 1.0  # K = 2, V = 4, D = 8
     assert written["tie_word_embeddings"] is tied
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "model.safetensors").st_mode & 0o777 == 0o666 & ~umask
     loaded_config, loaded = fla.load(tmp_path)
     assert loaded_config == dataclasses.replace(config, intermediate_size=12)
     assert list(loaded) == list(params)
