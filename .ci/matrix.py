@@ -21,7 +21,7 @@ Each row runs README's test command with that Python (``python -m venv``, ``pip 
 that the NumPy it got is the one it asked for, then starts README's training command for three
 steps. A row the machine cannot run (no such Python, no venv module) is printed as MISSING, never
 passed silently; any failure makes the exit status 1. pip's cache is used as usual, so a second
-run downloads nothing.
+run downloads nothing. First of all it checks that ``.ci/run``'s test command is README's, verbatim.
 """
 
 from __future__ import annotations
@@ -106,15 +106,22 @@ def find_pythons():
     candidates += [p for p in (shutil.which("python3"), "/usr/bin/python3") if p]
     found = {}
     for path in candidates:
-        try:
-            out = subprocess.run([path, "-c", PROBE], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if out.returncode != 0:
-            continue  # e.g. a pyenv shim for a version that is not selected
-        version, prefix, managed = out.stdout.split()
-        found.setdefault(prefix, (version_tuple(version), path, managed == "True"))
+        info = probe(path)
+        if info:
+            found.setdefault(info[0], info[1:])
     return found
+
+
+def probe(path):
+    """(base_prefix, version, path, externally_managed) of the Python at ``path``, or None."""
+    try:
+        out = subprocess.run([path, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None  # e.g. a pyenv shim for a version that is not selected
+    version, prefix, managed = out.stdout.split()
+    return prefix, version_tuple(version), path, managed == "True"
 
 
 def run(cmd, timeout=1800):
@@ -184,8 +191,20 @@ def run_row(name, python, numpy_pin, workdir):
     return row
 
 
+def readme_command_is_ci_command():
+    """.ci/run must run README's test command verbatim: the line with pytest is in README."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if "-m pytest" in line and not line.lstrip().startswith("#")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    return len(lines) == 1 and lines[0] in (line.strip() for line in readme)
+
+
 def main():
     start = time.monotonic()
+    if not readme_command_is_ci_command():
+        print("matrix: FAIL: .ci/run's test command is not README's test command, verbatim")
+        print("matrix: 0 passed, 1 failed")
+        return 1
     lowest, highest, rules = read_setup_cfg()
     pythons = find_pythons()
     supported = sorted((v for v in pythons.values() if lowest <= v[0][:2] <= highest),
@@ -214,7 +233,8 @@ def main():
             rows_to_run.append(("highest Python, oldest NumPy", high,
                                 oldest_numpy(rules, high[0][:2])))
         rows_to_run.append(("highest Python, newest NumPy", high, None))
-    system = next((v for v in pythons.values() if v[1] == "/usr/bin/python3"), None)
+    system_info = probe("/usr/bin/python3") if os.path.exists("/usr/bin/python3") else None
+    system = pythons.get(system_info[0]) if system_info else None
     if system is None:
         missing.append("no /usr/bin/python3 (a distribution's own Python) on this machine")
     elif rows_to_run and system is rows_to_run[-1][1]:

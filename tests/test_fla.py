@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gla_np import fla, lm
+from gla_np import _safetensors, fla, lm
 from gla_np.model import GLAConfig
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -94,6 +94,9 @@ def test_round_trip_is_exact_with_key_and_value_sizes_differing(tmp_path, tied):
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["expand_k"] == 0.5 and written["expand_v"] == 1.0  # K = 2, V = 4, D = 8
     assert written["tie_word_embeddings"] is tied
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "model.safetensors").st_mode & 0o777 == 0o666 & ~umask
     loaded_config, loaded = fla.load(tmp_path)
     assert loaded_config == dataclasses.replace(config, intermediate_size=12)
     assert list(loaded) == list(params)
@@ -302,3 +305,22 @@ def test_save_refuses_what_fla_cannot_express_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="blocks.0.attn.W_q"):
         fla.save(tmp_path / "out", config, {**params, "blocks.0.attn.W_q": np.zeros((2, 2))})
     assert not (tmp_path / "out").exists()
+
+
+def test_tied_checkpoint_may_still_hold_the_head_but_only_equal(tmp_path):
+    # some writers keep lm_head.weight in a tied checkpoint: accepted only as the embedding's copy
+    config, params = _random_model(tie_word_embeddings=True)
+    fla.save(tmp_path, config, params)
+    tensors = fla.to_fla(params, config)
+    for head, ok in ((tensors["model.embeddings.weight"], True),
+                     (tensors["model.embeddings.weight"] + 1, False)):
+        written = {k: v.astype(np.float32) for k, v in tensors.items()}
+        written["lm_head.weight"] = head.astype(np.float32)
+        _safetensors.write(tmp_path / "model.safetensors", written)
+        if ok:
+            loaded_config, loaded = fla.load(tmp_path)
+            assert "head.weight" not in loaded
+            assert np.array_equal(loaded["embedding.weight"], params["embedding.weight"])
+        else:
+            with pytest.raises(ValueError, match="'lm_head.weight' differs"):
+                fla.load(tmp_path)
