@@ -106,15 +106,22 @@ def find_pythons():
     candidates += [p for p in (shutil.which("python3"), "/usr/bin/python3") if p]
     found = {}
     for path in candidates:
-        try:
-            out = subprocess.run([path, "-c", PROBE], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if out.returncode != 0:
-            continue  # e.g. a pyenv shim for a version that is not selected
-        version, prefix, managed = out.stdout.split()
-        found.setdefault(prefix, (version_tuple(version), path, managed == "True"))
+        info = probe(path)
+        if info:
+            found.setdefault(info[0], info[1:])
     return found
+
+
+def probe(path):
+    """(base_prefix, version, path, externally_managed) of the Python at ``path``, or None."""
+    try:
+        out = subprocess.run([path, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None  # e.g. a pyenv shim for a version that is not selected
+    version, prefix, managed = out.stdout.split()
+    return prefix, version_tuple(version), path, managed == "True"
 
 
 def run(cmd, timeout=1800):
@@ -226,7 +233,8 @@ def main():
             rows_to_run.append(("highest Python, oldest NumPy", high,
                                 oldest_numpy(rules, high[0][:2])))
         rows_to_run.append(("highest Python, newest NumPy", high, None))
-    system = next((v for v in pythons.values() if v[1] == "/usr/bin/python3"), None)
+    system_info = probe("/usr/bin/python3") if os.path.exists("/usr/bin/python3") else None
+    system = pythons.get(system_info[0]) if system_info else None
     if system is None:
         missing.append("no /usr/bin/python3 (a distribution's own Python) on this machine")
     elif rows_to_run and system is rows_to_run[-1][1]:

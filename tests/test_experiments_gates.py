@@ -70,3 +70,5 @@ def test_plan_puts_the_length_cell_first_and_has_every_cell(gates):
     first = runs[:5 * len(gates.GATES)]
     assert all(gates.is_length_cell(r) for r in first)
     assert len({gates.run_name(r) for r in runs}) == len(runs)
+    # every option is pinned: a later change of train.py's defaults cannot change the table
+    assert {r["lr"] for r in runs} == {3e-3} and {r["steps"] for r in runs} == {600}
