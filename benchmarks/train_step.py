@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from gla_np import data_parallel, lm, optim, tasks  # noqa: E402
-from gla_np.model import GLAConfig  # noqa: E402
+from gla_np.layers.model import GLAConfig  # noqa: E402
 
 CONFIGS = {
     "small": dict(batch=64, seq_len=64, hidden=64, heads=1, head_dim=64, layers=1),
@@ -109,7 +109,7 @@ def time_steps(step, repeats):
 
 
 def _module_of(func):
-    """'linear' for a function of gla_np/linear.py, None for anything outside gla_np."""
+    """'linear' for a function of gla_np/ops/linear.py, None for anything outside gla_np."""
     filename = func[0].replace(os.sep, "/")
     if "/gla_np/" not in filename:
         return None

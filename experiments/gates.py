@@ -6,8 +6,8 @@
     python3 experiments/gates.py --evaluate runs/gates/<run>/checkpoint.npz --seq_len 256
 
 Every run is an ordinary ``python -m gla_np.train`` run (its command is printed with each table
-row) on the task ``latest_recall`` (gla_np/tasks.py): keys written many times with new values,
-then asked for their latest value. One grid, two tables:
+row) on the task ``latest_recall`` (gla_np/training/tasks.py): keys written many times with new
+values, then asked for their latest value. One grid, two tables:
 
 * capacity: held-out accuracy against the number of distinct keys P (4, 8, 16) for each gate
   variant (vector, scalar, fixed, none) and two head sizes K (8, 16), at T = 64;

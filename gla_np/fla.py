@@ -29,8 +29,10 @@ import os
 
 import numpy as np
 
-from gla_np import _safetensors, ffn, gla_layer, lm, model
-from gla_np.model import GLAConfig
+from gla_np import _safetensors
+from gla_np.layers import ffn, gla_layer, model
+from gla_np.layers.model import GLAConfig
+from gla_np.training import lm
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 GATE_RANK = GATE_NORMALIZER = 16  # fla's layer defaults, which its model never overrides

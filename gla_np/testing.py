@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np import chunked, parallel, recurrent
 from gla_np._checks import check_choice, check_positive_int
-from gla_np._gla_inputs import LOG_GATE_FLOOR, check_gla_inputs
+from gla_np.recurrence import chunked, parallel, recurrent
+from gla_np.recurrence._gla_inputs import LOG_GATE_FLOOR, check_gla_inputs
 
 FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunked}
 LAYOUTS = ("BHTK", "BTHK")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gla_np import chunked, parallel, recurrent
-from gla_np.attention import AttentionCache, gla_attention, gla_attention_backward
+from gla_np.recurrence.attention import AttentionCache, gla_attention, gla_attention_backward
 
 FORMS = ["recurrent", "parallel", "chunk"]
 

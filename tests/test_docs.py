@@ -73,8 +73,8 @@ def test_code_points_only_at_pages_that_exist(path):
 
 def _modules_with_backward():
     found = []
-    for info in pkgutil.iter_modules(gla_np.__path__):
-        module = importlib.import_module(f"gla_np.{info.name}")
+    for info in pkgutil.walk_packages(gla_np.__path__, prefix="gla_np."):
+        module = importlib.import_module(info.name)
         if callable(getattr(module, "backward", None)):
             found.append(module)
     return found
@@ -264,7 +264,7 @@ _CODE_LINE = re.compile(r"^Code: (.*)$", re.M)
 
 
 def _derivation_pages():
-    return sorted((ROOT / "docs" / "derivations").glob("*.md"))
+    return sorted((ROOT / "docs" / "derivations").rglob("*.md"))
 
 
 @pytest.mark.parametrize("page", _derivation_pages(), ids=_id)

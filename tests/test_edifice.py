@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import gla_np
 from gla_np import block, gla_layer
-from gla_np.edifice import (GLABlock, GLALayer, GLAModel, GLAPart, build,
+from gla_np.layers.edifice import (GLABlock, GLALayer, GLAModel, GLAPart, build,
                             build_gated_linear_attention, build_gla_block, output_size,
                             param_count, recommended_defaults)
 

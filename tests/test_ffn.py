@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gla_np import ffn, gradcheck
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 
 def _config(**kw):

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gla_np import _safetensors, fla, lm
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TINY = os.path.join(DATA, "fla-gla-tiny")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gla_np import parallel, recurrent
-from gla_np.gate_identity import gate_grad_from_identity, reverse_cumsum
+from gla_np.recurrence.gate_identity import gate_grad_from_identity, reverse_cumsum
 
 
 def run_recurrent(seed, B, T, H, K, V, with_S0, with_dS_T):

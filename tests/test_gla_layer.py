@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gla_np import gla_layer, gradcheck
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 
 def _config(**kw):

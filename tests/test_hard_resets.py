@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gla_np import chunked, parallel, recurrent, recurrent as rec
-from gla_np._gla_inputs import LOG_GATE_FLOOR
 from gla_np.gradcheck import gradcheck
+from gla_np.recurrence._gla_inputs import LOG_GATE_FLOOR
 
 FORMS = {"recurrent": (recurrent, {}), "parallel": (parallel, {}),
          "chunk": (chunked, dict(chunk_size=4, sub_chunk_size=2))}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gla_np import cross_entropy, gradcheck, lm, tasks
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 
 def _config(gate="vector", form="chunk", **kw):

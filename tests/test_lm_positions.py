@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gla_np import cross_entropy, lm, tasks
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 
 def _problem(seed=0, B=3, T=7, vocab=9):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gla_np import gla_layer, gradcheck, short_conv
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
 
 B, T, C, W = 2, 5, 3, 4
 

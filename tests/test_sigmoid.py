@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gla_np import sigmoid
-from gla_np.sigmoid import stable_sigmoid
+from gla_np.ops.sigmoid import stable_sigmoid
 
 DTYPES = [np.float32, np.float64]
 

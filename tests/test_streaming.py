@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gla_np import model
-from gla_np.edifice import build
-from gla_np.model import GLAConfig
+from gla_np.layers.edifice import build
+from gla_np.layers.model import GLAConfig
 
 T = 7
 

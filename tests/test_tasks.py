@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gla_np import tasks
-from gla_np.tasks import IGNORE
+from gla_np.training.tasks import IGNORE
 
 
 def _check_mqar_row(inp, tgt, P, V):

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import layernorm, rmsnorm
 from gla_np._checks import check_array
+from gla_np.ops import layernorm, rmsnorm
 
 INIT_STD = 0.02  # fla's initializer_range: every weight matrix starts as N(0, 0.02^2)
 

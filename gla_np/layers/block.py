@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from gla_np import ffn, gla_layer
-from gla_np._params import check_input, check_params, check_upstream, put, take
+from gla_np.layers import ffn, gla_layer
+from gla_np.layers._params import check_input, check_params, check_upstream, put, take
 
 
 def param_shapes(config):
@@ -48,7 +48,7 @@ def forward(params, x, config, *, training=False, rng=None):
 
 
 def backward(dout, cache):
-    """Return ``(dx, grads)``. Derivation: docs/derivations/block.md
+    """Return ``(dx, grads)``. Derivation: docs/derivations/layers/block.md
 
         dh = ffn'(dout)      (the residual's identity path is inside ffn.backward)
         dx = gla_layer'(dh)

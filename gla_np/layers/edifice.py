@@ -33,10 +33,10 @@ import dataclasses
 
 import numpy as np
 
-from gla_np import block, gla_layer, model
 from gla_np._checks import check_nonnegative_int, check_positive_int
-from gla_np._params import check_params
-from gla_np.model import GLAConfig
+from gla_np.layers import block, gla_layer, model
+from gla_np.layers._params import check_params
+from gla_np.layers.model import GLAConfig
 
 EDIFICE_DEFAULTS = {"hidden_size": 256, "num_layers": 6, "num_heads": 4, "head_dim": 64,
                     "expand_factor": 2, "window_size": 60, "dropout": 0.1}

@@ -4,7 +4,7 @@
     sh = swish(zn W_gate),  u = zn W_up        (D, F)      (2), (3) F = hidden_size * expand_factor
     out = z + dropout((sh * u) W_down)         (F, D)      (4)-(6)
 
-(The numbers are those of docs/derivations/ffn.md, which writes each step on its own line.)
+(The numbers are those of docs/derivations/layers/ffn.md, which writes each step on its own line.)
 
 One branch (the gate, ``sh``) decides how much of the other (the up branch, ``u``) passes: a
 gated linear unit with a swish gate. No biases, as in fla's ``GLAMLP``. Edifice's gated FFN has
@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import dropout, linear, swish
-from gla_np._params import (check_input, check_params, check_upstream, norm_backward,
+from gla_np.layers._params import (check_input, check_params, check_upstream, norm_backward,
                             norm_forward, norm_init, norm_shapes, normal, put, take)
+from gla_np.ops import dropout, linear, swish
 
 
 def ffn_size(config):
@@ -79,7 +79,7 @@ def forward(params, z, config, *, training=False, rng=None):
 
 
 def backward(dout, cache):
-    """Return ``(dz, grads)``, grads keyed like params. Derivation: docs/derivations/ffn.md
+    """Return ``(dz, grads)``, grads keyed like params. Derivation: docs/derivations/layers/ffn.md
 
         dy = dropout'(dout);   dm = dy W_down^T              m = sh * u
         dsh = dm * u,   du = dm * sh,   dh = swish'(h) dsh

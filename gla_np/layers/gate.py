@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import linear, logsigmoid
 from gla_np._checks import check_array, check_choice
-from gla_np._params import check_upstream, normal
+from gla_np.layers._params import check_upstream, normal
+from gla_np.ops import linear, logsigmoid
 
 GATES = ("vector", "scalar", "fixed", "none")
 
@@ -102,7 +102,8 @@ def forward(params, x, *, kind, num_heads, head_dim, normalizer):
 
 
 def backward(dg, cache):
-    """Return ``(dx, grads)``, grads keyed like the params. Derivation: docs/derivations/gate.md
+    """Return ``(dx, grads)``, grads keyed like the params. Derivation:
+    docs/derivations/layers/gate.md
 
         vector:  dz = sigma(-z) * dg / tau       (dg flattened to (..., H*K))
                  dW2 = (x W1)^T dz,  db2 = sum dz,  dW1 = x^T (dz W2^T),  dx = dz W2^T W1^T

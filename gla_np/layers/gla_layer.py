@@ -12,10 +12,10 @@ and so does the pre-norm when it is LayerNorm:
     u = RMSNorm_V(o) * swish(xn W_r)   (H*V)                (7)-(9) output norm and output gate
     out = x + dropout(u W_o)           (D)                  (10)-(11)
 
-(The numbers are those of docs/derivations/gla-layer.md, which writes each step on its own line.)
-K is ``config.head_dim`` and V is ``config.value_head_dim`` (None: V = K, as in Edifice). q, k and
-the gate are H*K wide; v, the output gate and the output norm are H*V wide. fla's released models
-have K = V/2 (``expand_k=0.5, expand_v=1``).
+(The numbers are those of docs/derivations/layers/gla-layer.md, which writes each step on its own
+line.) K is ``config.head_dim`` and V is ``config.value_head_dim`` (None: V = K, as in Edifice).
+q, k and the gate are H*K wide; v, the output gate and the output norm are H*V wide. fla's
+released models have K = V/2 (``expand_k=0.5, expand_v=1``).
 
 The output norm (7) is RMSNorm over each head's V values with one weight of size V shared by all
 heads, as in fla. The paper uses LayerNorm per head; we follow fla because it is what trained GLA
@@ -33,10 +33,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import dropout, gate, linear, recurrent, rmsnorm, short_conv, swish
-from gla_np._params import (check_input, check_params, check_upstream, norm_backward,
+from gla_np.layers import gate, short_conv
+from gla_np.layers._params import (check_input, check_params, check_upstream, norm_backward,
                             norm_forward, norm_init, norm_shapes, normal, put, take)
-from gla_np.attention import gla_attention, gla_attention_backward
+from gla_np.ops import dropout, linear, rmsnorm, swish
+from gla_np.recurrence import recurrent
+from gla_np.recurrence.attention import gla_attention, gla_attention_backward
 
 QKV = ("q", "k", "v")
 
@@ -193,7 +195,8 @@ def forward(params, x, config, *, training=False, rng=None):
 
 
 def backward(dout, cache):
-    """Return ``(dx, grads)``, grads keyed like params. Derivation: docs/derivations/gla-layer.md
+    """Return ``(dx, grads)``, grads keyed like params. Derivation:
+    docs/derivations/layers/gla-layer.md
 
         dy = dropout'(dout);      du = dy W_o^T
         don = du * sr;            dr = swish'(r) (du * on);     do = RMSNorm_V'(don)

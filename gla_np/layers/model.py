@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import block, gla_layer, linear
 from gla_np._checks import check_choice, check_positive_int, check_positive_real, check_rate
-from gla_np._params import (check_input, check_params, check_upstream, norm_backward,
+from gla_np.layers import block, gla_layer
+from gla_np.layers._params import (check_input, check_params, check_upstream, norm_backward,
                             norm_forward, norm_init, norm_shapes, normal, put, take)
-from gla_np.attention import FORMS
-from gla_np.gate import GATES
+from gla_np.layers.gate import GATES
+from gla_np.ops import linear
+from gla_np.recurrence.attention import FORMS
 
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float64", "float32")
@@ -172,7 +173,7 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
 
 
 def backward(dy, cache):
-    """Return ``(dx, grads)``, grads keyed like params. Derivation: docs/derivations/model.md
+    """Return ``(dx, grads)``, grads keyed like params. Derivation: docs/derivations/layers/model.md
 
         dhn = dy at the last position, zero elsewhere (or dy itself with return_sequence)
         dh_L = Norm'(dhn);  dh_{l-1} = block_l'(dh_l);  dx = dh_0 W_in^T (or dh_0)

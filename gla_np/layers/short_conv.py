@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gla_np._checks import check_array, check_same_dtype, check_shape
-from gla_np._params import check_upstream
+from gla_np.layers._params import check_upstream
 
 
 class ShortConvCache(NamedTuple):
@@ -62,7 +62,7 @@ def new_prefix(cache):
 
 
 def backward(dy, cache):
-    """Return ``(dx, dw, d_prefix)``. Derivation: docs/derivations/short-conv.md
+    """Return ``(dx, dw, d_prefix)``. Derivation: docs/derivations/layers/short-conv.md
 
         dxp[:, t + j] += w[j] * dy[:, t]                 for every tap j
         dw[j]          = sum_{b, t} xp[:, t + j] * dy[:, t]

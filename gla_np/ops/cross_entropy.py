@@ -97,7 +97,7 @@ def _check_dloss(dloss):
 def backward(dloss, cache):
     """Gradient of the mean cross-entropy with respect to the logits.
 
-    Result box (see docs/derivations/cross_entropy.md)::
+    Result box (see docs/derivations/ops/cross_entropy.md)::
 
         dlogits[p, :] = dloss * (softmax(logits[p]) - onehot(t[p])) / n   if p is counted
         dlogits[p, :] = 0                                                    if p is ignored

@@ -61,7 +61,7 @@ def forward(x, rate, rng=None, training=True):
 def backward(dy, cache):
     """Gradient of dropout with respect to ``x``.
 
-    Result box (see docs/derivations/dropout.md)::
+    Result box (see docs/derivations/ops/dropout.md)::
 
         dx = dy * keep / (1 - rate)     (training, rate > 0)
         dx = dy                         (identity)

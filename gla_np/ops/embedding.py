@@ -54,7 +54,7 @@ def forward(ids, E):
 def backward(dy, cache):
     """Gradient of the lookup with respect to the table ``E`` (the ids get none).
 
-    Result box (see docs/derivations/embedding.md)::
+    Result box (see docs/derivations/ops/embedding.md)::
 
         dE[v, :] = sum over positions p with ids[p] == v of dy[p, :]
         (rows of E that no id picked get zero)

@@ -51,7 +51,7 @@ def forward(x, w, b, eps=1e-5):
 
 
 def backward(dy, cache):
-    """Gradients of LayerNorm. Derivation: docs/derivations/layernorm.md
+    """Gradients of LayerNorm. Derivation: docs/derivations/ops/layernorm.md
 
         dx_hat = dy * w                                                      (..., D)
         dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))   means over last axis

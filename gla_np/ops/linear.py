@@ -46,7 +46,7 @@ def forward(x, W, b=None):
 
 
 def backward(dy, cache):
-    """Gradients of y = x @ W + b. Derivation: docs/derivations/linear.md
+    """Gradients of y = x @ W + b. Derivation: docs/derivations/ops/linear.md
 
         dx = dy @ W^T                              (..., D_in)
         dW = sum over rows n of outer(x_n, dy_n)   (D_in, D_out)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gla_np._checks import check_array, check_same_dtype, check_shape
-from gla_np.sigmoid import stable_sigmoid
+from gla_np.ops.sigmoid import stable_sigmoid
 
 
 class LogsigmoidCache(NamedTuple):
@@ -40,7 +40,7 @@ def forward(x):
 
 
 def backward(dy, cache):
-    """Gradient of logsigmoid, elementwise. Derivation: docs/derivations/logsigmoid.md
+    """Gradient of logsigmoid, elementwise. Derivation: docs/derivations/ops/logsigmoid.md
 
         dx = dy * sigma(-x)
 

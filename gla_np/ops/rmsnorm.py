@@ -49,7 +49,7 @@ def forward(x, w, eps=1e-6):
 
 
 def backward(dy, cache):
-    """Gradients of RMSNorm. Derivation: docs/derivations/rmsnorm.md
+    """Gradients of RMSNorm. Derivation: docs/derivations/ops/rmsnorm.md
 
         dx_hat = dy * w                                       (..., D)
         dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   mean over the last axis

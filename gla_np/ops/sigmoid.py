@@ -58,7 +58,7 @@ def forward(x):
 
 
 def backward(dy, cache):
-    """Gradient of sigma, elementwise. Derivation: docs/derivations/sigmoid.md
+    """Gradient of sigma, elementwise. Derivation: docs/derivations/ops/sigmoid.md
 
         dx = dy * y * (1 - y)          y = sigma(x), taken from the cache
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gla_np._checks import check_array, check_same_dtype, check_shape
-from gla_np.sigmoid import stable_sigmoid
+from gla_np.ops.sigmoid import stable_sigmoid
 
 
 class SwishCache(NamedTuple):
@@ -33,7 +33,7 @@ def forward(x):
 
 
 def backward(dy, cache):
-    """Gradient of swish, elementwise. Derivation: docs/derivations/swish.md
+    """Gradient of swish, elementwise. Derivation: docs/derivations/ops/swish.md
 
         dx = dy * s * (1 + x * (1 - s))          s = sigma(x)
 

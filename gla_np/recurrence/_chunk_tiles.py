@@ -23,7 +23,7 @@ batched over every chunk of every sequence and head). For the sub-chunk of rows 
 
 Every exponent evaluated is <= 0. The last sub-chunk may be shorter than c. The size c trades
 the elementwise diagonal work (c K per row) against the reference factors (about C K / (2 c)
-per row); see docs/derivations/chunked.md for the measurements behind the default.
+per row); see docs/derivations/recurrence/chunked.md for the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def backward(do, qs, k, v, b, c):
 
     do, v (..., C, V); qs, k, b (..., C, K). The tiles of A are rebuilt sub-chunk by sub-chunk
     from the same factors as ``scores`` and used at once, so the decays are computed once here
-    and A is never stored. With dA = do v^T (docs/derivations/chunked.md, step B3):
+    and A is never stored. With dA = do v^T (docs/derivations/recurrence/chunked.md, step B3):
 
         dv_u  = sum_{t > u} A[t, u] do_t
         dqs_t = sum_{u < t} dA[t, u] exp(b_t - b_u) * k_u

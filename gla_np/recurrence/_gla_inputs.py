@@ -11,8 +11,8 @@ with ``layout="BTHK"``.) Shapes alone cannot tell the two layouts apart when no 
 given; when a shape check fails and the shapes fit the other layout, the message says so.
 
 Log gates may be ``-inf`` (a hard reset: decay exactly 0) or any finite value <= 0. Every form
-first applies :func:`floor_log_gates`, which is exact (docs/derivations/recurrent.md, "Hard
-resets and huge gates").
+first applies :func:`floor_log_gates`, which is exact (docs/derivations/recurrence/recurrent.md,
+"Hard resets and huge gates").
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from gla_np._checks import check_array, check_positive_real, check_same_dtype, c
 # below the floor has decay exp(g) = 0 exactly in that dtype, so flooring changes no decay; the
 # margin (24 and 279) absorbs the rounding of the cumulative sums, and with every gate >= the
 # floor a cumulative sum over T steps is at least T * floor: it cannot overflow for any T that
-# fits in memory. docs/derivations/recurrent.md, "Hard resets and huge gates", has the argument.
+# fits in memory. docs/derivations/recurrence/recurrent.md, "Hard resets and huge gates", has the
+# argument.
 LOG_GATE_FLOOR = {np.dtype(np.float32): -128.0, np.dtype(np.float64): -1024.0}
 
 

@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np import chunked, parallel, recurrent
 from gla_np._checks import check_choice
-from gla_np._gla_inputs import check_cache, check_gla_inputs
+from gla_np.recurrence import chunked, parallel, recurrent
+from gla_np.recurrence._gla_inputs import check_cache, check_gla_inputs
 
 MODULES = {"recurrent": recurrent, "parallel": parallel, "chunk": chunked}
 CACHES = {"recurrent": recurrent.RecurrentCache, "parallel": parallel.ParallelCache,
@@ -99,7 +99,8 @@ def gla_attention_backward(do, d_final_state, cache):
     """Backward of ``gla_attention``: return ``(dq, dk, dv, dg, d_initial_state)``.
 
     Routes to the backward of the form that made ``cache``; each form derives its own, in
-    docs/derivations/recurrent.md, docs/derivations/parallel.md and docs/derivations/chunked.md:
+    docs/derivations/recurrence/recurrent.md, docs/derivations/recurrence/parallel.md and
+    docs/derivations/recurrence/chunked.md:
 
         dq, dk, dv, dg, d_initial_state = <form>.backward(do, d_final_state, cache.inner)
 

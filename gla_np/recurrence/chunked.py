@@ -14,7 +14,8 @@ entering chunk n (H_0 = S_0) and s the query scale, each output is the sum of tw
 computed with the paper's secondary tiling (sub-chunks of length c, see ``_chunk_tiles``) so
 that every exponent evaluated is <= 0: the tempting factoring q * exp(b) times k * exp(-b)
 overflows float32 inside a single chunk of 64 once the gates are strong.
-docs/derivations/chunked.md has the full argument, and the recurrent form is the reference.
+docs/derivations/recurrence/chunked.md has the full argument, and the recurrent form is the
+reference.
 
 Log gates are floored first (``_gla_inputs.floor_log_gates``): exact, since a gate below the
 floor already has decay 0 in the dtype, and it bounds every |b| by C times the floor, so the
@@ -32,14 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np import _chunk_tiles
 from gla_np._checks import check_positive_int
-from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
+from gla_np.recurrence import _chunk_tiles
+from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
                                 floor_log_gates)
 
 # Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32):
 # smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
-# off-diagonal reference factors; see docs/derivations/chunked.md for the timings.
+# off-diagonal reference factors; see docs/derivations/recurrence/chunked.md for the timings.
 DEFAULT_SUB_CHUNK_SIZE = 8
 
 # A memory/cache measure, not part of the algorithm: (batch, head) pairs are independent, so
@@ -47,7 +48,7 @@ DEFAULT_SUB_CHUNK_SIZE = 8
 # the block's inputs (but at least one head). Whole-batch temporaries (16 MiB each at B=8,
 # H=4, T=2048, K=64, float32) fall out of cache and are page-faulted in afresh by the
 # allocator every time; per head (2^17 entries, 512 KiB in float32) they stay in cache. Any
-# value gives the same result; docs/derivations/chunked.md has the timings.
+# value gives the same result; docs/derivations/recurrence/chunked.md has the timings.
 BLOCK_ENTRIES = 2 ** 17
 
 
@@ -169,8 +170,8 @@ def _blocks(B, H, entries_per_head):
 def backward(do, d_final_state, cache):
     """Backpropagate through the chunkwise form: return ``(dq, dk, dv, dg, d_initial_state)``.
 
-    Result (docs/derivations/chunked.md); E_n is the gradient on H_{n+1}, the state leaving
-    chunk n; r, t, u are rows of chunk n; dA = do v^T:
+    Result (docs/derivations/recurrence/chunked.md); E_n is the gradient on H_{n+1}, the state
+    leaving chunk n; r, t, u are rows of chunk n; dA = do v^T:
 
         E_{N-1} = d_final_state,   E_{n-1} = diag(exp l_n) E_n + s sum_t (q_t exp b_t) do_t^T
         d_initial_state = diag(exp l_0) E_0 + s sum_{t in chunk 0} (q_t exp b_t) do_t^T
@@ -279,7 +280,7 @@ def _gate_grad(reads, writes, l, entering, E):
     state), both (B, H, N, C, K); l (B, H, N, K); entering H_n and E_n (B, H, N, K, V).
     """
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
-    # (docs/derivations/chunked.md): inside chunk n, with u < r <= t,
+    # (docs/derivations/recurrence/chunked.md): inside chunk n, with u < r <= t,
     #   reads of the entering state and past pairs (t >= r): sum over t >= r of q dq - k dk
     #   without the pairs u = t (they hold no gate and would only cancel),
     #   writes into the leaving state (u < r): sum over u < r of k * dk_state,

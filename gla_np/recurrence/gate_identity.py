@@ -7,15 +7,15 @@ plus the final-state term the paper leaves out):
     dg_t = sum_{t' = t..T} (q_t' * dq_t' - k_t' * dk_t')  +  rowsum(S_T * dS_T)
 
 The reverse cumulative sum is inclusive (t' starts at t). dq and dk are the complete gradients
-of q and k (the query scale is inside dq). docs/derivations/gate-identity.md derives it from the
-direct formula in three lines.
+of q and k (the query scale is inside dq). docs/derivations/recurrence/gate-identity.md derives it
+from the direct formula in three lines.
 
 The chunked form keeps states only at chunk boundaries, so it needs a formula of this kind, but
 it does not evaluate this one as printed: it applies the identity per chunk and rearranges it so
 that the terms which hold no gate (the pairs u = t, and the chunk's own writes counted twice)
 are left out instead of added and cancelled, which in float32 would leave only rounding noise
-when the gates are strong (docs/derivations/chunked.md). The parallel form does the same. This
-module is the identity as printed: the tests check both forms' dg against it in float64.
+when the gates are strong (docs/derivations/recurrence/chunked.md). The parallel form does the same.
+This module is the identity as printed: the tests check both forms' dg against it in float64.
 """
 
 from __future__ import annotations

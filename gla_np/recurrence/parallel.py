@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
+from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
                                 floor_log_gates)
-from gla_np.gate_identity import reverse_cumsum
+from gla_np.recurrence.gate_identity import reverse_cumsum
 
 MAX_DECAY_ENTRIES = 2 ** 28  # B*H*T*T*K above this is refused (2**28 float64 entries = 2 GiB)
 
@@ -59,7 +59,7 @@ class ParallelCache(NamedTuple):
 def forward(q, k, v, g, *, scale=None, initial_state=None):
     """Attention with a decay mask: return ``(o, final_state, cache)``, equal to ``recurrent``'s.
 
-    Equations (numbered as in docs/derivations/parallel.md):
+    Equations (numbered as in docs/derivations/recurrence/parallel.md):
         (0) g = max(g, floor): exact, a gate below the floor has exp(g) = 0 in the dtype
         (1) G = cumsum(g) over time
         (2) W[t,u,i] = exp(G_t[i] - G_u[i]) if u <= t else 0
@@ -90,7 +90,7 @@ def backward(do, d_final_state, cache):
 
     Split (3) into past pairs u < t (W_past, A_past) and the diagonal u = t (W = 1, so
     A_self[t] = scale * q_t . k_t). With qG = q * exp(G), kE = k * exp(G_T - G), dS_T =
-    d_final_state (docs/derivations/parallel.md):
+    d_final_state (docs/derivations/recurrence/parallel.md):
 
         dA      = do v^T                       dA_self[t] = do_t . v_t
         dq_past = scale * sum_{u<t} dA[t,u] k_u W[t,u]

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._gla_inputs import (check_cache, check_gla_inputs, check_gla_step_inputs,
+from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_step_inputs,
                                 check_gla_upstream, floor_log_gates)
 
 
@@ -84,7 +84,8 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
 def backward(do, d_final_state, cache):
     """Backpropagation through time: return ``(dq, dk, dv, dg, d_initial_state)``.
 
-    With S^_t the gradient on S_t from everything downstream of it (docs/derivations/recurrent.md):
+    With S^_t the gradient on S_t from everything downstream of it
+    (docs/derivations/recurrence/recurrent.md):
 
         S^_T = d_final_state + scale * q_T do_T^T
         S^_t = diag(a_{t+1}) S^_{t+1} + scale * q_t do_t^T

@@ -24,8 +24,10 @@ import os
 import shutil
 import tempfile
 
-from gla_np import model, parallel, tasks
-from gla_np.model import GLAConfig
+from gla_np.layers import model
+from gla_np.layers.model import GLAConfig
+from gla_np.recurrence import parallel
+from gla_np.training import tasks
 
 # minimum of each integer option of a run
 RUN_INTS = {"seq_len": 1, "num_pairs": 1, "num_tokens": 1, "vocab_size": 1, "steps": 1,

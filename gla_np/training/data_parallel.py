@@ -48,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gla_np import lm
 from gla_np._checks import check_positive_int
+from gla_np.training import lm
 
 IGNORE = -100  # tasks.IGNORE and the ignore_index of lm.loss_and_grads
 

@@ -35,9 +35,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np import _params, cross_entropy, embedding, gate, linear, model
 from gla_np._checks import check_positive_int
-from gla_np._params import normal
+from gla_np.layers import _params, gate, model
+from gla_np.layers._params import normal
+from gla_np.ops import cross_entropy, embedding, linear
 
 EMBEDDING, HEAD = "embedding.weight", "head.weight"
 
@@ -124,8 +125,9 @@ def backward(dlogits, cache):
         dE          = embedding'(dx)         (1)
         tied (W_head = E^T):  dE = embedding'(dx) + dW_head^T
 
-    Each line is its module's backward: docs/derivations/linear.md, docs/derivations/model.md,
-    docs/derivations/embedding.md (and docs/derivations/cross_entropy.md for dlogits).
+    Each line is its module's backward: docs/derivations/ops/linear.md,
+    docs/derivations/layers/model.md, docs/derivations/ops/embedding.md (and
+    docs/derivations/ops/cross_entropy.md for dlogits).
     """
     dh, dW_head, _ = linear.backward(dlogits, cache.head)
     if cache.positions is not None:

@@ -45,8 +45,9 @@ import warnings
 
 import numpy as np
 
-from gla_np import _train_checks, checkpoint, cross_entropy, data_parallel, lm, optim, tasks
-from gla_np.model import GLAConfig
+from gla_np.layers.model import GLAConfig
+from gla_np.ops import cross_entropy
+from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
 RUN_OPTIONS = ("task", "seq_len", "num_pairs", "num_tokens", "vocab_size", "steps", "batch_size",
