@@ -334,9 +334,11 @@ def order_blind_ceiling(num_pairs, seq_len, vocab_size, batches=20, seed=0):
     return hits / total
 
 
-def report(out, results=None, gates=GATES, head_dims=HEAD_DIMS, num_pairs=NUM_PAIRS):
-    """The two tables as Markdown text, from the finished runs in ``out``."""
+def report(out, results=None, gates=GATES, head_dims=HEAD_DIMS, num_pairs=NUM_PAIRS,
+           steps=BASE["steps"]):
+    """The two tables as Markdown text, from the finished runs in ``out`` of ``steps`` steps."""
     results = load_results(out) if results is None else results
+    results = [r for r in results if r["run"]["steps"] == steps]
     lines = []
     if not results:
         return "no finished runs in " + out + "\n"
@@ -416,6 +418,11 @@ def build_parser():
         "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=os.path.join("runs", "gates"), help="folder of the runs")
     p.add_argument("--seeds", type=int, default=5, help="seeds per cell")
+    p.add_argument("--steps", type=int, default=BASE["steps"],
+                   help="training steps of every run (a longer budget is a separate set of "
+                        "runs, named by its steps; the tables show one budget at a time)")
+    p.add_argument("--gates", nargs="+", default=list(GATES), choices=GATES,
+                   help="train only these gate variants")
     p.add_argument("--report", action="store_true", help="print the tables only, train nothing")
     p.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                    help="evaluate one trained checkpoint at --seq_len with --form, then stop")
@@ -449,13 +456,14 @@ def main(argv=None, log=print):
         log(f"wrote {args.forget_gates[1]}: {len(rows)} tokens")
         return rows
     grid = {}
-    overrides = {}
+    overrides = {"steps": args.steps} if args.steps != BASE["steps"] else {}
     if args.tiny:
         grid = {"gates": ("vector", "none"), "head_dims": (16,), "num_pairs": (8,)}
         overrides = {"steps": 3, "hidden": 16, "warmup": 1, "batch_size": 4, "eval_batches": 1}
     if not args.report:
         train_grid = dict(grid) or {"num_pairs": tuple(args.num_pairs),
-                                    "head_dims": tuple(args.head_dims)}
+                                    "head_dims": tuple(args.head_dims),
+                                    "gates": tuple(args.gates)}
         runs = plan(args.seeds, overrides, **train_grid)
         for i, run in enumerate(runs):
             folder_done = os.path.isfile(os.path.join(args.out, run_name(run), RESULT))
@@ -469,7 +477,7 @@ def main(argv=None, log=print):
                 f"({time.perf_counter() - t0:.0f} s)")
             write_csv(args.out, load_results(args.out))
     write_csv(args.out, load_results(args.out))
-    text = report(args.out, **grid)
+    text = report(args.out, steps=overrides.get("steps", BASE["steps"]), **grid)
     log(text)
     return text
 

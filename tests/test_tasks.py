@@ -161,3 +161,17 @@ def test_accuracy_counts_target_positions_only():
         tasks.accuracy(np.zeros((3, 4), dtype=np.int64), targets)
     with pytest.raises(ValueError, match="logits_or_predictions"):
         tasks.accuracy(np.zeros((2, 4)), targets)  # float with the targets' rank
+
+
+def test_train_command_checks_latest_recall_sizes():
+    """python -m gla_np.train refuses latest_recall sizes the task cannot lay out, up front."""
+    from gla_np import _train_checks, train
+
+    run = {name: value for name, value in vars(train.build_parser().parse_args(
+        ["--task", "latest_recall", "--vocab_size", "72"])).items() if name in train.RUN_OPTIONS}
+    _train_checks.check_run(run)  # the defaults fit: T = 64 >= 3 * 8, V = 72 >= 4 * 9
+    with pytest.raises(ValueError, match=r"--seq_len: expected >= 3 \* num_pairs = 24"):
+        _train_checks.check_run(dict(run, seq_len=23))
+    with pytest.raises(ValueError, match=r"--vocab_size: expected >= 4 \* \(num_pairs \+ 1\)"):
+        _train_checks.check_run(dict(run, vocab_size=35))
+    assert train.task_sizes(run) == {"seq_len": 64, "vocab_size": 72, "num_pairs": 8}
