@@ -117,21 +117,25 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     g, reset = floor_log_gates(g)  # exact, and b below cannot overflow (module docstring)
     S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
 
+    reads_state = initial_state is not None or N > 1  # else every H_n is zero: (1) is zero
+
     o = np.empty_like(v)  # (B, H, T, V)
     b = np.empty((B, H, N, C, K), dtype=q.dtype)
     states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         o[blk], b[blk], states[blk] = _forward_block(q[blk], k[blk], v[blk], g[blk], S0[blk],
-                                                     s, C, c)
+                                                     s, C, c, reads_state)
     cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None, reset)
     return o, states[:, :, N].copy(), cache
 
 
-def _forward_block(q, k, v, g, S0, s, C, c):
+def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
     """The forward on one block of (batch, head) pairs: return o, b and the states H_0 .. H_N.
 
     Arguments are the block's slices of the inputs (S0 zeros when there is no initial state);
-    s is the scale as a NumPy scalar of the input dtype.
+    s is the scale as a NumPy scalar of the input dtype. ``reads_state=False`` says that every
+    entering state H_n is zero (one chunk and no initial state), so the reads (1) are skipped:
+    exactly zero, and the training model's whole sequence (T = 64) is one chunk.
     """
     B, H, T, K = q.shape
     V = v.shape[3]
@@ -148,12 +152,14 @@ def _forward_block(q, k, v, g, S0, s, C, c):
     for n in range(N):
         states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
-    # (1) inter-chunk: read the entering state with decayed queries
-    o = (qs * np.exp(b)) @ states[:, :, :-1]  # (B, H, N, C, V), exponents <= 0
     # (2) intra-chunk: past pairs u < t by the tiled scores, the pair u = t (no gate) directly
     A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C), strictly lower triangular
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
-    o = o + A @ v_c + A_self * v_c
+    o = A @ v_c  # (B, H, N, C, V)
+    o += A_self * v_c
+    if reads_state:
+        # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
+        o += (qs * np.exp(b)) @ states[:, :, :-1]
     return _from_chunks(o, T), b, states
 
 
@@ -195,25 +201,37 @@ def backward(do, d_final_state, cache):
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
+    d_final_state_given = d_final_state is not None
     if d_final_state is None:
         d_final_state = np.zeros((B, H, K, V), dtype=q.dtype)
     s = q.dtype.type(scale)
+
+    # With one chunk, the state entering it is S_0 and the gradient on the state leaving it is
+    # d_final_state; when those are zero, every term through them is exactly zero and skipped.
+    N = b.shape[2]
+    reads_state = has_initial_state or N > 1
+    writes_state = d_final_state_given or N > 1
 
     dq, dk, dv, dg = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(q)
     d_initial_state = np.empty((B, H, K, V), dtype=q.dtype)
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
-            do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c)
+            do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c,
+            reads_state, writes_state)
     if reset is not None:  # the floor max(g, floor) passes no gradient below it
         dg = np.where(reset, 0, dg)
     return dq, dk, dv, dg, d_initial_state if has_initial_state else None
 
 
-def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c):
+def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=True,
+                    writes_state=True):
     """The backward on one block of (batch, head) pairs: return dq, dk, dv, dg, dS_0.
 
     Arguments are the block's slices of the upstream gradients and of the cache; s is the
-    scale as a NumPy scalar of the input dtype.
+    scale as a NumPy scalar of the input dtype. Two flags skip terms that are exactly zero (one
+    chunk, as in the training model at T = 64): ``reads_state=False`` says every entering state
+    H_n is zero (no initial state), ``writes_state=False`` that every E_n is zero (no gradient
+    on the final state). With both False, dS_0 is returned as zeros (it is not wanted).
     """
     T = q.shape[2]
 
@@ -221,20 +239,26 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c):
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
     qs = s * q_c
     l = b[:, :, :, -1, :]  # (B, H, N, K)
-    q_decay = np.exp(b)  # (B, H, N, C, K)
-    k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
     entering = states[:, :, :-1]  # H_n, (B, H, N, K, V)
 
     # the state pass in reverse: E_n, the gradient on the state leaving chunk n, and dS_0
-    E, d_initial_state = _state_grads(qs * q_decay, do_c, l, d_final_state)
+    if reads_state or writes_state:
+        q_decay = np.exp(b)  # (B, H, N, C, K)
+        E, d_initial_state = _state_grads(qs * q_decay, do_c, l, d_final_state)
+    else:
+        E, d_initial_state = None, np.zeros_like(d_final_state)
 
-    # forward (1): o_t = s * H_n^T (q_t * exp b_t)
-    # so:  dq_t = s * exp(b_t) * (H_n do_t)
-    dq_inter = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
-    # forward (3): H_{n+1} = diag(exp l_n) H_n + sum_u (k_u * exp(l_n - b_u)) v_u^T
-    # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
-    dk_state = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
-    dv = (k_c * k_decay) @ E  # (B, H, N, C, V)
+    dq_inter = dk_state = dv_state = 0  # exactly zero when the states they pass through are
+    if reads_state:
+        # forward (1): o_t = s * H_n^T (q_t * exp b_t)
+        # so:  dq_t = s * exp(b_t) * (H_n do_t)
+        dq_inter = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
+    if writes_state:
+        # forward (3): H_{n+1} = diag(exp l_n) H_n + sum_u (k_u * exp(l_n - b_u)) v_u^T
+        # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
+        k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
+        dk_state = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
+        dv_state = (k_c * k_decay) @ E  # (B, H, N, C, V)
 
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
     # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the tiles,
@@ -242,13 +266,15 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c):
     dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
     dA_self = np.sum(do_c * v_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
-    dv = dv + dv_past + A_self * do_c
-    dq_gated = dq_inter + s * dqs_past  # the parts of dq that pass through a gate
+    dv = dv_past + A_self * do_c + dv_state
+    dq_gated = s * dqs_past + dq_inter  # the parts of dq that pass through a gate
     dq = dq_gated + s * dA_self * k_c
-    dk = dk_state + dk_past + dA_self * qs
+    dk = dk_past + dA_self * qs + dk_state
 
     # the log gates: every gated exponent above passes its gradient to the gates it sums
-    dg = _gate_grad(q_c * dq_gated - k_c * dk_past, k_c * dk_state, l, entering, E)
+    dg = _gate_grad(q_c * dq_gated - k_c * dk_past,
+                    k_c * dk_state if writes_state else None, l,
+                    entering if reads_state else None, E)
     return (*[_from_chunks(x, T) for x in (dq, dk, dv, dg)], d_initial_state)
 
 
@@ -278,6 +304,7 @@ def _gate_grad(reads, writes, l, entering, E):
     reads = q * dq~ - k * dk~ (the parts of dq and dk that pass through a gate: the reads of the
     entering state and the past pairs), writes = k * dk_state (the writes into the leaving
     state), both (B, H, N, C, K); l (B, H, N, K); entering H_n and E_n (B, H, N, K, V).
+    ``writes=None`` or ``entering=None`` leave out a family that is exactly zero.
     """
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
     # (docs/derivations/recurrence/chunked.md): inside chunk n, with u < r <= t,
@@ -289,5 +316,10 @@ def _gate_grad(reads, writes, l, entering, E):
     C = reads.shape[3]
     at_or_after = np.triu(np.ones((C, C), dtype=reads.dtype))  # [r, t] = 1 if t >= r
     before = np.tril(np.ones((C, C), dtype=reads.dtype), k=-1)  # [r, u] = 1 if u < r
-    carried = np.exp(l) * np.sum(entering * E, axis=-1)  # (B, H, N, K)
-    return at_or_after @ reads + before @ writes + carried[:, :, :, None, :]
+    dg = at_or_after @ reads
+    if writes is not None:
+        dg += before @ writes
+    if entering is not None:
+        carried = np.exp(l) * np.sum(entering * E, axis=-1)  # (B, H, N, K)
+        dg += carried[:, :, :, None, :]
+    return dg
