@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from gla_np import _safetensors
+from gla_np._files import write_atomic
 from gla_np.layers import ffn, gla_layer, model
 from gla_np.layers.model import GLAConfig
 from gla_np.training import lm
@@ -340,17 +341,4 @@ def save(path, config, params):
                          f"folder")
     _safetensors.write(os.path.join(folder, WEIGHTS), tensors, {"format": "pt"})
     text = json.dumps(fla_config, indent=2) + "\n"
-    _write_text(os.path.join(folder, CONFIG), text)
-
-
-def _write_text(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(os.path.join(folder, CONFIG), lambda f: f.write(text.encode("utf-8")))

@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
 
 from gla_np._checks import check_choice, check_positive_int
+from gla_np._files import write_atomic
 from gla_np.testing import LAYOUTS, NAMES, reference, tolerance
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -162,24 +162,13 @@ def make_cases(*, layout="BHTK", dtype="float32", chunk_size=64):
 
 
 def write_cases(path, *, layout="BHTK", dtype="float32", chunk_size=64):
-    """Write every case to ``path`` (.npz) atomically: a temporary file, then os.replace."""
+    """Write every case to ``path`` (.npz) atomically (``gla_np._files.write_atomic``)."""
     cases = make_cases(layout=layout, dtype=dtype, chunk_size=chunk_size)
     flat = {f"{name}/{key}": x for name, arrays in cases.items() for key, x in arrays.items()}
     flat["cases"] = np.array(list(cases))
     flat["layout"], flat["dtype"] = np.array(layout), np.array(dtype)
     flat["chunk_size"] = np.int64(chunk_size)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".golden-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        umask = os.umask(0)  # mkstemp makes the file private (0600): give it an ordinary mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **flat))
     return list(cases)
 
 

@@ -10,14 +10,14 @@ inside the sum over the key channel i, so A is not one matmul. The paper's secon
 cuts the chunk into sub-chunks of c rows and walks over them (a loop of C / c steps, each
 batched over every chunk of every sequence and head). For the sub-chunk of rows start..stop-1:
 
-* off-diagonal tiles, all earlier keys u < start at once: the reference row r = b[start - 1],
+* off-diagonal tiles, all earlier keys u < start at once: the reference row p = start - 1,
   the last row before the sub-chunk, lies between query and key. b never increases along the
-  chunk, so b_t <= r <= b_u and
-      exp(b_t - b_u) = exp(b_t - r) * exp(r - b_u)        both factors <= 1:
-  the tiles are one matmul of (qs * exp(b - r)) and (k * exp(r - b)).
+  chunk, so b_t <= b_p <= b_u and
+      exp(b_t - b_u) = exp(b_t - b_p) * exp(b_p - b_u)        both factors <= 1:
+  the tiles are one matmul of (qs * exp(b - b_p)) and (k * exp(b_p - b)).
 * the diagonal tile (t, u both in the sub-chunk): its rows are queries and keys at once, and a
-  matmul needs one reference r for the whole tile with b_t <= r <= b_u for every query t and
-  key u; none exists (b decreases), and any shared r leaves a factor that grows like the naive
+  matmul needs one reference row p for the whole tile with b_t <= b_p <= b_u for every query t
+  and key u; none exists (b decreases), and any shared p leaves a factor that grows like the naive
   one over the sub-chunk. So it uses the elementwise log-space formula, a (c, c, K) tensor
   exp(b_t - b_u) whose exponent is set to -inf for u >= t BEFORE exp.
 
@@ -49,11 +49,11 @@ def _diagonal_decay(b_rows):
 def _reference_decays(b, start, stop):
     """The two off-diagonal factors for query rows start:stop against keys 0:start.
 
-    The reference row is r = b[start - 1], the last row before the sub-chunk. b decreases along
-    the chunk, so exp(b_t - r) <= 1 for the query rows and exp(r - b_u) <= 1 for the keys.
+    The reference row is p = start - 1, the last row before the sub-chunk. b decreases along
+    the chunk, so exp(b_t - b_p) <= 1 for the query rows and exp(b_p - b_u) <= 1 for the keys.
     """
-    r = b[..., start - 1 : start, :]  # (..., 1, K)
-    return np.exp(b[..., start:stop, :] - r), np.exp(r - b[..., :start, :])
+    b_p = b[..., start - 1 : start, :]  # (..., 1, K)
+    return np.exp(b[..., start:stop, :] - b_p), np.exp(b_p - b[..., :start, :])
 
 
 def scores(qs, k, b, c):

@@ -36,9 +36,9 @@ def causal_decay(G, *, past_only=False):
     ``past_only=True`` also masks the diagonal u = t (where W is 1), keeping pairs u < t.
     """
     T = G.shape[2]
-    D = G[:, :, :, None, :] - G[:, :, None, :, :]  # (B, H, T, T, K), D[t, u] = G_t - G_u
+    logW = G[:, :, :, None, :] - G[:, :, None, :, :]  # (B, H, T, T, K), logW[t, u] = G_t - G_u
     keep = np.tril(np.ones((T, T), dtype=bool), k=-1 if past_only else 0)[:, :, None]  # (T, T, 1)
-    return np.exp(np.where(keep, D, -np.inf))  # (B, H, T, T, K), every exponent <= 0
+    return np.exp(np.where(keep, logW, -np.inf))  # (B, H, T, T, K), every exponent <= 0
 
 
 class ParallelCache(NamedTuple):

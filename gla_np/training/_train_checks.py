@@ -24,6 +24,8 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
+
 from gla_np.layers import model
 from gla_np.layers.model import GLAConfig
 from gla_np.recurrence import parallel
@@ -100,32 +102,27 @@ def check_run(run, label=flag):
                              f"its limit of {parallel.MAX_DECAY_ENTRIES:,}; use 'chunk'")
 
 
-def _check_task_sizes(run, label):
-    T, V = run["seq_len"], run["vocab_size"]
-    if run["task"] == "mqar":
-        P = run["num_pairs"]
-        if T < 4 * P:
-            raise ValueError(f"{label('seq_len')}: expected >= 4 * num_pairs = {4 * P} (the "
-                             f"pairs, then a query slot every other position), got {T}")
-        if V < 2 * (P + 1):
-            raise ValueError(f"{label('vocab_size')}: expected >= 2 * (num_pairs + 1) = "
-                             f"{2 * (P + 1)} (distinct keys in the lower half), got {V}")
-    elif run["task"] == "latest_recall":
-        P = run["num_pairs"]
-        if T < 3 * P:
-            raise ValueError(f"{label('seq_len')}: expected >= 3 * num_pairs = {3 * P} (a write "
-                             f"of each key, then one query per key), got {T}")
-        if V < 4 * (P + 1):
-            raise ValueError(f"{label('vocab_size')}: expected >= 4 * (num_pairs + 1) = "
-                             f"{4 * (P + 1)} (distinct keys in the lowest quarter), got {V}")
+def task_sizes(run):
+    """The keyword arguments of the run's task function."""
+    sizes = {"seq_len": run["seq_len"], "vocab_size": run["vocab_size"]}
+    if run["task"] in ("mqar", "latest_recall"):
+        sizes["num_pairs"] = run["num_pairs"]
     else:
-        N = run["num_tokens"]
-        if T < 2 * N:
-            raise ValueError(f"{label('seq_len')}: expected >= 2 * num_tokens = {2 * N} (the "
-                             f"data region, then one marker per token), got {T}")
-        if V < 3:
-            raise ValueError(f"{label('vocab_size')}: expected >= 3 (a blank, a marker and a "
-                             f"data token), got {V}")
+        sizes["num_tokens"] = run["num_tokens"]
+    return sizes
+
+
+def _check_task_sizes(run, label):
+    """The task's own size rules (each stated once, in gla_np.training.tasks), here up front.
+
+    One sequence is drawn with the run's sizes; a refusal names the task function's argument,
+    which is also the option's name.
+    """
+    try:
+        tasks.make_batch(run["task"], np.random.default_rng(0), 1, **task_sizes(run))
+    except ValueError as err:
+        name, _, rest = str(err).partition(":")
+        raise ValueError(f"{label(name)}:{rest}") from None
 
 
 def check_session(options, label=flag):

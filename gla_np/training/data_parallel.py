@@ -181,9 +181,9 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
     loss = sum(w * shard_loss for w, (shard_loss, _, _) in zip(weights, results))
     grads = {}
     for name in results[0][1]:
-        g = results[0][1][name] * weights[0]
+        total_grad = results[0][1][name] * weights[0]  # a new array: the shards' stay as they are
         for w, (_, shard_grads, _) in zip(weights[1:], results[1:]):
-            g += shard_grads[name] * w
-        grads[name] = g
+            total_grad += shard_grads[name] * w
+        grads[name] = total_grad
     logits = np.concatenate([shard_logits for _, _, shard_logits in results])
     return float(loss), grads, logits

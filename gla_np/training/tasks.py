@@ -93,8 +93,8 @@ def mqar(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=256, power_a=0.
         raise ValueError(f"seq_len: expected >= 4 * num_pairs = {4 * P} (the pairs and one query "
                          f"slot every other position), got {T}")
     if V // 2 - 1 < P:
-        raise ValueError(f"vocab_size: expected >= {2 * (P + 1)} so that {P} distinct keys fit "
-                         f"in [1, vocab_size // 2), got {V}")
+        raise ValueError(f"vocab_size: expected >= 2 * (num_pairs + 1) = {2 * (P + 1)} so that "
+                         f"{P} distinct keys fit in [1, vocab_size // 2), got {V}")
     if isinstance(power_a, bool) or not isinstance(power_a, numbers.Real) or not 0 < power_a <= 1:
         raise ValueError(f"power_a: expected a number in (0, 1], got {power_a!r}")
     context = 2 * P  # the key-value pairs
@@ -184,8 +184,8 @@ def latest_recall(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=128):
         raise ValueError(f"seq_len: expected >= 3 * num_pairs = {3 * P} (one write of each key, "
                          f"then one query per key), got {T}")
     if V // 4 - 1 < P:
-        raise ValueError(f"vocab_size: expected >= {4 * (P + 1)} so that {P} distinct keys fit "
-                         f"in [1, vocab_size // 4), got {V}")
+        raise ValueError(f"vocab_size: expected >= 4 * (num_pairs + 1) = {4 * (P + 1)} so that "
+                         f"{P} distinct keys fit in [1, vocab_size // 4), got {V}")
     W = (T - P) // 2  # writes
     start = T - P - 2 * W  # 0 or 1: a blank pads the front
 

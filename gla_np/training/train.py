@@ -48,6 +48,7 @@ import numpy as np
 from gla_np.layers.model import GLAConfig
 from gla_np.ops import cross_entropy
 from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks
+from gla_np.training._train_checks import task_sizes
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
 RUN_OPTIONS = ("task", "seq_len", "num_pairs", "num_tokens", "vocab_size", "steps", "batch_size",
@@ -127,16 +128,6 @@ def model_config(run):
                      expand_factor=run["expand"], dropout=run["dropout"], seq_len=run["seq_len"],
                      gate=run["gate"], form=run["form"], use_short_conv=run["short_conv"],
                      dtype=run["dtype"])
-
-
-def task_sizes(run):
-    """The keyword arguments of the run's task function."""
-    sizes = {"seq_len": run["seq_len"], "vocab_size": run["vocab_size"]}
-    if run["task"] in ("mqar", "latest_recall"):
-        sizes["num_pairs"] = run["num_pairs"]
-    else:
-        sizes["num_tokens"] = run["num_tokens"]
-    return sizes
 
 
 def _rng(run, stream, index):
