@@ -78,7 +78,7 @@ def build_parser():
       help="MQAR: key-value pairs per sequence; latest_recall: distinct keys per sequence")
     a("--num_tokens", type=int, default=8, help="copying tasks: tokens to copy per sequence")
     a("--vocab_size", type=int, default=256, help="vocabulary size")
-    a("--steps", type=int, default=1500, help="training steps (one batch each)")
+    a("--steps", type=int, default=1000, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
     a("--lr", type=float, default=1.5e-3, help="peak learning rate (AdamW), at most 1")
     a("--min_lr", type=float, default=1.5e-4, help="learning rate at the end of the cosine decay")
