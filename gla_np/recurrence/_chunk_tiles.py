@@ -40,9 +40,8 @@ def _diagonal_decay(b_rows):
     """
     c = b_rows.shape[-2]
     diff = b_rows[..., :, None, :] - b_rows[..., None, :, :]  # (..., c, c, K), b_t - b_u
-    # exponent capped at 0 for u < t (where it is <= 0 already) and at -inf for u >= t
-    cap = np.where(np.tri(c, k=-1, dtype=bool), 0, -np.inf).astype(diff.dtype)  # (c, c)
-    np.minimum(diff, cap[:, :, None], out=diff)
+    t_masked, u_masked = np.triu_indices(c)  # the pairs u >= t
+    diff[..., t_masked, u_masked, :] = -np.inf  # masked before exp
     return np.exp(diff, out=diff)  # in place: one (..., c, c, K) array, not two
 
 
