@@ -5,6 +5,7 @@ import pytest
 
 from gla_np import data_parallel, lm, tasks
 from gla_np.layers.model import GLAConfig
+from lm_helpers import perturbed_params
 
 
 def _config(**kw):
@@ -16,9 +17,7 @@ def _config(**kw):
 
 def _problem(config, seed=0, B=5, T=7, vocab=9):
     rng = np.random.default_rng(seed)
-    params = lm.init_params(config, vocab, rng)
-    params = {k: (v + 0.3 * rng.standard_normal(v.shape) if v.ndim == 2 else v)
-              for k, v in params.items()}
+    params = perturbed_params(config, vocab, rng)
     ids = rng.integers(0, vocab, size=(B, T))
     # rows with very different numbers of targets, so an unweighted mean of shards is wrong
     keep = rng.random((B, T)) < np.linspace(0.1, 0.9, B)[:, None]

@@ -5,6 +5,7 @@ import pytest
 
 from gla_np import cross_entropy, gradcheck, lm, tasks
 from gla_np.layers.model import GLAConfig
+from lm_helpers import perturbed_params
 
 
 def _config(gate="vector", form="chunk", **kw):
@@ -17,10 +18,7 @@ def _config(gate="vector", form="chunk", **kw):
 
 def _problem(config, seed=0, B=2, T=9, vocab=7):
     rng = np.random.default_rng(seed)
-    params = lm.init_params(config, vocab, rng)
-    # weights bigger than the 0.02 init, so every path carries a gradient well above rounding
-    params = {k: (v + 0.3 * rng.standard_normal(v.shape) if v.ndim == 2 else v)
-              for k, v in params.items()}
+    params = perturbed_params(config, vocab, rng)
     ids = rng.integers(0, vocab, size=(B, T))
     targets = np.where(rng.random((B, T)) < 0.5, rng.integers(0, vocab, size=(B, T)),
                        tasks.IGNORE)

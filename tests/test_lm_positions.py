@@ -6,15 +6,14 @@ import pytest
 
 from gla_np import cross_entropy, lm, tasks
 from gla_np.layers.model import GLAConfig
+from lm_helpers import perturbed_params
 
 
 def _problem(seed=0, B=3, T=7, vocab=9):
     config = GLAConfig(embed_dim=6, hidden_size=6, num_layers=1, num_heads=2, head_dim=3,
                        expand_factor=2, dropout=0.0, gate_rank=2, chunk_size=4, dtype="float64")
     rng = np.random.default_rng(seed)
-    params = lm.init_params(config, vocab, rng)
-    params = {k: (v + 0.3 * rng.standard_normal(v.shape) if v.ndim == 2 else v)
-              for k, v in params.items()}
+    params = perturbed_params(config, vocab, rng)
     ids = rng.integers(0, vocab, size=(B, T))
     targets = np.where(rng.random((B, T)) < 0.4, rng.integers(0, vocab, size=(B, T)),
                        tasks.IGNORE)

@@ -12,21 +12,10 @@ import numpy as np
 import pytest
 
 from gla_np import _train_checks, checkpoint, lm, train
+from train_cli import refused, tiny
 
 ROOT = str(Path(__file__).resolve().parent.parent)
-TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
-        "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2", "--threads", "1", "--steps", "4"]
-
-
-def _refused(argv, capsys):
-    """Run main; return its one-line error (asserting status 2 and a single line)."""
-    with pytest.raises(SystemExit) as exc:
-        train.main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.count("\n") == 1, err
-    assert err.startswith("python -m gla_np.train: error: ")
-    return err[len("python -m gla_np.train: error: "):]
+TINY = tiny(steps=4)
 
 
 BAD = [
@@ -60,7 +49,7 @@ BAD = [
 @pytest.mark.parametrize("argv, name", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_option_is_refused_by_name(tmp_path, capsys, argv, name):
     out = tmp_path / "run"
-    assert _refused(TINY + argv + ["--out", str(out)], capsys).startswith(name + ":")
+    assert refused(TINY + argv + ["--out", str(out)], capsys).startswith(name + ":")
     assert not out.exists()  # refused before anything was written
 
 
@@ -85,18 +74,18 @@ def test_run_options_match_the_checked_keys():
 
 def test_out_is_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    err = _refused(TINY + ["--out", str(tmp_path / "taken")], capsys)
+    err = refused(TINY + ["--out", str(tmp_path / "taken")], capsys)
     assert err.startswith(f"--out {tmp_path / 'taken'}: is a file")
 
 
 def test_out_under_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    err = _refused(TINY + ["--out", str(tmp_path / "taken" / "run")], capsys)
+    err = refused(TINY + ["--out", str(tmp_path / "taken" / "run")], capsys)
     assert f"{tmp_path / 'taken'} is a file, so no folder can be made under it" in err
 
 
 def test_out_empty(capsys):
-    assert _refused(TINY + ["--out", ""], capsys).startswith("--out: expected a folder name")
+    assert refused(TINY + ["--out", ""], capsys).startswith("--out: expected a folder name")
 
 
 def test_out_not_writable(tmp_path, capsys, monkeypatch):
@@ -106,7 +95,7 @@ def test_out_not_writable(tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(_train_checks.tempfile, "mkstemp", refuse)
-    err = _refused(TINY + ["--out", str(tmp_path)], capsys)
+    err = refused(TINY + ["--out", str(tmp_path)], capsys)
     assert err == f"--out {tmp_path}: cannot write there (Permission denied)\n"
 
 
@@ -114,7 +103,7 @@ def test_out_on_a_full_disk(tmp_path, capsys, monkeypatch):
     real = _train_checks.shutil.disk_usage
     monkeypatch.setattr(_train_checks.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1000))
-    err = _refused(TINY + ["--out", str(tmp_path)], capsys)
+    err = refused(TINY + ["--out", str(tmp_path)], capsys)
     assert err.startswith(f"--out {tmp_path}: only 1,000 bytes free on its disk; a checkpoint "
                           f"needs about")
     assert os.listdir(tmp_path) == []
@@ -144,26 +133,26 @@ def test_a_failing_save_mid_run_stops_with_one_line(tmp_path, capsys, monkeypatc
 # -- the checkpoint to resume ----------------------------------------------------------------
 
 def test_resume_of_a_missing_file(tmp_path, capsys):
-    err = _refused(["--resume", str(tmp_path / "nope.npz")], capsys)
+    err = refused(["--resume", str(tmp_path / "nope.npz")], capsys)
     assert err == f"--resume {tmp_path / 'nope.npz'}: no such file\n"
 
 
 def test_resume_of_a_folder(tmp_path, capsys):
-    err = _refused(["--resume", str(tmp_path)], capsys)
+    err = refused(["--resume", str(tmp_path)], capsys)
     assert err.startswith(f"--resume {tmp_path}: is a folder; expected a checkpoint file such "
                           f"as {tmp_path / 'checkpoint.npz'}")
 
 
 def test_resume_of_a_file_that_is_no_checkpoint(tmp_path, capsys):
     (tmp_path / "notes.npz").write_text("hello")
-    err = _refused(["--resume", str(tmp_path / "notes.npz")], capsys)
+    err = refused(["--resume", str(tmp_path / "notes.npz")], capsys)
     assert err.startswith(f"checkpoint {tmp_path / 'notes.npz'}: truncated or corrupt")
 
 
 # -- memory ----------------------------------------------------------------------------------
 
 def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys):
-    err = _refused(TINY + ["--batch_size", "100000", "--seq_len", "100000", "--out",
+    err = refused(TINY + ["--batch_size", "100000", "--seq_len", "100000", "--out",
                            str(tmp_path / "run")], capsys)
     assert err.startswith("--batch_size 100000 with --seq_len 100000: one training step needs "
                           "about ")
@@ -173,7 +162,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, capsys):
 
 def test_memory_refusal_follows_the_memory_available(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(_train_checks, "available_memory", lambda: 1000)
-    assert "more than the 1,000 bytes available" in _refused(TINY + ["--out", str(tmp_path)],
+    assert "more than the 1,000 bytes available" in refused(TINY + ["--out", str(tmp_path)],
                                                               capsys)
     monkeypatch.setattr(_train_checks, "available_memory", lambda: None)  # unknown: no check
     assert train.main(TINY + ["--out", str(tmp_path)])["step"] == 4

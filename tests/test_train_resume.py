@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 
 from gla_np import checkpoint, train
+from train_cli import refused, tiny
 
-TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
-        "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",
-        "--eval_batches", "2", "--threads", "1", "--steps", "6"]
-
-
-def _refused(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        train.main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.count("\n") == 1, err
-    return err
+TINY = tiny(steps=6)
 
 
 @pytest.fixture
@@ -40,11 +31,11 @@ def test_every_run_option_is_stored(stopped):
 def test_explicit_option_equal_to_its_default_is_still_checked(stopped, capsys):
     """Regression: only options differing from their defaults were compared, so --lr 0.0015
     (the default) was silently replaced by the checkpoint's 0.01."""
-    err = _refused(["--resume", str(stopped), "--lr", "0.0015"], capsys)
+    err = refused(["--resume", str(stopped), "--lr", "0.0015"], capsys)
     assert "--lr 0.0015 (checkpoint: 0.01)" in err
-    err = _refused(["--resume", str(stopped), "--eval_batches", "16"], capsys)
+    err = refused(["--resume", str(stopped), "--eval_batches", "16"], capsys)
     assert "--eval_batches 16 (checkpoint: 2)" in err
-    err = _refused(["--resume", str(stopped), "--short_conv"], capsys)  # True: the default
+    err = refused(["--resume", str(stopped), "--short_conv"], capsys)  # True: the default
     assert "--short_conv True (checkpoint: False)" in err
 
 
@@ -64,8 +55,8 @@ def test_resume_without_out_writes_next_to_the_checkpoint(stopped, tmp_path, mon
 def test_a_new_run_never_replaces_a_checkpoint(stopped, capsys):
     folder = stopped.parent
     before = stopped.read_bytes()
-    err = _refused(TINY + ["--seed", "1", "--out", str(folder)], capsys)
-    assert err == (f"python -m gla_np.train: error: --out {folder}: already holds a checkpoint "
+    err = refused(TINY + ["--seed", "1", "--out", str(folder)], capsys)
+    assert err == (f"--out {folder}: already holds a checkpoint "
                    f"({stopped}); continue that run with --resume {stopped}, or replace it "
                    f"with --overwrite\n")
     assert stopped.read_bytes() == before
@@ -83,7 +74,7 @@ def test_overwrite_starts_afresh(stopped):
 
 def test_resume_into_a_folder_holding_another_run_is_refused(stopped, tmp_path, capsys):
     train.main(TINY + ["--stop_after", "1", "--out", str(tmp_path / "b")])
-    err = _refused(["--resume", str(stopped), "--out", str(tmp_path / "b")], capsys)
+    err = refused(["--resume", str(stopped), "--out", str(tmp_path / "b")], capsys)
     assert "already holds a checkpoint" in err and "--overwrite" in err
 
 
@@ -133,13 +124,13 @@ def test_edited_config_is_a_value_error_naming_the_key(stopped, capsys, edit):
     entries = dict(np.load(stopped, allow_pickle=False))  # (save() checks its config itself)
     entries["config"] = np.array(json.dumps(change(json.loads(str(entries["config"])))))
     np.savez(stopped, **entries)
-    err = _refused(["--resume", str(stopped)], capsys)
-    assert err.startswith(f"python -m gla_np.train: error: checkpoint {stopped}: {message}")
+    err = refused(["--resume", str(stopped)], capsys)
+    assert err.startswith(f"checkpoint {stopped}: {message}")
 
 
 def test_step_beyond_steps(stopped, capsys):
     _edit(stopped, step=99)
-    err = _refused(["--resume", str(stopped)], capsys)
+    err = refused(["--resume", str(stopped)], capsys)
     assert err.endswith(f"checkpoint {stopped}: step 99 is beyond config['steps'] = 6\n")
 
 
@@ -150,26 +141,26 @@ def test_step_beyond_steps(stopped, capsys):
 def test_edited_history(stopped, capsys, history, fragment):
     ck = checkpoint.load(stopped)
     _edit(stopped, extra={**ck.extra, "history": history})
-    assert fragment in _refused(["--resume", str(stopped)], capsys)
+    assert fragment in refused(["--resume", str(stopped)], capsys)
 
 
 def test_edited_intervals_and_elapsed(stopped, capsys):
     ck = checkpoint.load(stopped)
     _edit(stopped, extra={**ck.extra, "save_every": 0})
-    assert "extra['save_every']: expected an integer >= 1" in _refused(
+    assert "extra['save_every']: expected an integer >= 1" in refused(
         ["--resume", str(stopped)], capsys)
     _edit(stopped, extra={**ck.extra, "elapsed_sec": "soon"})
-    assert "extra['elapsed_sec']" in _refused(["--resume", str(stopped)], capsys)
+    assert "extra['elapsed_sec']" in refused(["--resume", str(stopped)], capsys)
 
 
 def test_optimizer_step_and_params_checked(stopped, capsys):
     ck = _edit(stopped, opt_state=None)
     _edit(stopped, opt_state={**ck.opt_state, "step": np.array(1, dtype=np.int64)})
-    assert "entry 'opt/step' is 1, expected the checkpoint's step 3" in _refused(
+    assert "entry 'opt/step' is 1, expected the checkpoint's step 3" in refused(
         ["--resume", str(stopped)], capsys)
     name = next(iter(ck.params))
     _edit(stopped, opt_state=ck.opt_state,
           params={**ck.params, name: np.full_like(ck.params[name], np.nan)})
-    assert f"entry 'param/{name}' holds nan or inf" in _refused(["--resume", str(stopped)],
+    assert f"entry 'param/{name}' holds nan or inf" in refused(["--resume", str(stopped)],
                                                                 capsys)
     assert os.path.isfile(stopped)
