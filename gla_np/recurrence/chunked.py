@@ -73,8 +73,22 @@ def _from_chunks(x, T):
 
 def _chunk_decays(g, C):
     """Chunk-local inclusive cumsum b (B, H, N, C, K) and its last row l (B, H, N, K)."""
-    b = np.cumsum(_to_chunks(g, C), axis=3)
+    b = _cumsum_rows(_to_chunks(g, C))
     return b, b[:, :, :, -1, :]
+
+
+def _cumsum_rows(x):
+    """np.cumsum(x, axis=-2), bitwise, by adding whole rows: b_t = b_{t-1} + g_t.
+
+    NumPy's cumsum along an axis other than the last runs its inner loop once per column;
+    measured 4 to 5 times slower than this loop of C row additions for (..., 64, 64) float32.
+    Adding g_t <= 0 rounds to a value <= b_{t-1}, so b never increases (the tiles rely on it).
+    """
+    b = np.empty_like(x)
+    b[..., 0, :] = x[..., 0, :]
+    for t in range(1, x.shape[-2]):
+        np.add(b[..., t - 1, :], x[..., t, :], out=b[..., t, :])
+    return b
 
 
 class ChunkedCache(NamedTuple):
