@@ -132,3 +132,42 @@ def test_forget_gates_are_the_gates_the_first_layer_computes(norm):
     g, _ = gate.forward({k[5:]: v for k, v in p.items() if k.startswith("gate.")}, xn,
                         kind="vector", num_heads=2, head_dim=3, normalizer=16)
     np.testing.assert_array_equal(gates[0], g)
+
+
+def test_loss_and_grads_scans_each_parameter_once_by_its_full_name():
+    config = _config()
+    params, ids, targets = _problem(config, seed=3)
+    bad = dict(params, **{"blocks.1.ffn.W_down": np.full_like(params["blocks.1.ffn.W_down"],
+                                                               np.nan)})
+    with pytest.raises(ValueError, match=r"^params\['blocks.1.ffn.W_down'\]: contains nan"):
+        lm.loss_and_grads(bad, ids, targets, config)
+    with pytest.raises(ValueError, match="^params: expected a dict"):
+        lm.loss_and_grads(list(params.values()), ids, targets, config)
+
+
+def test_inside_the_step_activations_are_not_scanned_again(monkeypatch):
+    # Count the whole-array scans (scalars aside): one per parameter, none for the activations.
+    config = _config()
+    params, ids, targets = _problem(config, seed=4)
+    scans = []
+    real_isfinite = np.isfinite
+    monkeypatch.setattr(np, "isfinite", lambda x, *a, **k: (scans.append(np.shape(x)),
+                                                            real_isfinite(x, *a, **k))[1])
+    lm.loss_and_grads(params, ids, targets, config)
+    assert sorted(s for s in scans if s) == sorted(p.shape for p in params.values())
+    # and outside the step the layers scan again: a nan activation is named where it enters
+    from gla_np import linear
+    with pytest.raises(ValueError, match="^x: contains nan"):
+        linear.forward(np.full((2, 6), np.nan), params["head.weight"])
+
+
+def test_a_nan_made_inside_the_step_reaches_the_loss():
+    # Weights so large that the float32 activations overflow: no error from inside, a nan loss
+    # (the training command stops on it and names the step).
+    config = _config(dtype="float32")
+    params, ids, targets = _problem(config, seed=5)
+    params = {n: p.astype(np.float32) for n, p in params.items()}
+    params["blocks.0.ffn.W_up"] = np.full_like(params["blocks.0.ffn.W_up"], 3e38)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss, _, _ = lm.loss_and_grads(params, ids, targets, config)
+    assert not np.isfinite(loss)

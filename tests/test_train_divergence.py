@@ -53,7 +53,8 @@ def test_nan_loss(tmp_path, capsys, monkeypatch):
         return float("nan"), grads, logits
 
     _at_step(monkeypatch, 4, nan_loss)
-    assert "step 5 of 8: the loss is nan;" in _diverges(tmp_path, capsys)
+    assert ("step 5 of 8: the loss is nan: the activations overflowed to nan or inf inside the "
+            "model (largest weight: " in _diverges(tmp_path, capsys))
 
 
 def test_inf_gradient_names_the_parameter(tmp_path, capsys, monkeypatch):
@@ -84,7 +85,8 @@ def test_update_that_makes_a_weight_non_finite(tmp_path, capsys, monkeypatch):
 def test_overflow_inside_the_model_is_not_reported_by_internal_names(tmp_path, capsys,
                                                                     monkeypatch):
     """Regression: weights grown to 1e19 overflow the activations; a layer's own input check
-    then stopped the run with "x: contains nan or inf", naming a variable of the code."""
+    then stopped the run with "x: contains nan or inf", naming a variable of the code. (Inside
+    a step the layers no longer scan their inputs; the nan reaches the loss.)"""
     def huge_weights(real, params, *args, **kwargs):
         grown = {name: (p * np.float32(1e19)).astype(p.dtype) for name, p in params.items()}
         return real(grown, *args, **kwargs)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
+from gla_np._checks import (check_array, check_positive_real, check_same_dtype, check_shape,
+                            scanning_values)
 
 # The log-gate floor per dtype: the first power of two below ln(smallest subnormal / 2), the
 # point under which exp rounds to exactly 0 (float32: -103.97, float64: -745.13). A gate at or
@@ -65,7 +66,7 @@ def _check_ndarray(name, x, ndim, finite=True):
 def _check_g(name, g, rank):
     """The log gates: like the other arrays, but -inf (decay exactly 0) is allowed."""
     g = _check_ndarray(name, g, rank, finite=False)
-    if np.isnan(g).any() or np.isposinf(g).any():
+    if scanning_values() and (np.isnan(g).any() or np.isposinf(g).any()):
         raise ValueError(f"{name}: contains nan or +inf; expected log forget gates in "
                          f"[-inf, 0] (-inf is a hard reset, decay exactly 0)")
     return g

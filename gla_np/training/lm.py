@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_positive_int
+from gla_np._checks import check_array, check_positive_int, values_scanned
 from gla_np.layers import _params, gate, model
 from gla_np.layers._params import normal
 from gla_np.ops import cross_entropy, embedding, linear
@@ -151,16 +151,25 @@ def loss_and_grads(params, ids, targets, config, *, training=False, rng=None):
     Python float, the mean cross-entropy over the target positions. The head and the loss run
     only at the target positions (module docstring): ``logits`` are theirs, (n, V) in row-major
     order, so ``tasks.accuracy(logits, targets[targets != -100])`` is the batch's accuracy.
+
+    Every parameter is scanned for nan and inf once, here; the arrays passed on inside the step
+    are not scanned again (``_checks.values_scanned``).
     """
     targets = np.asarray(targets)
     if targets.shape != np.shape(ids):
         raise ValueError(f"targets: expected the ids' shape {np.shape(ids)}, "
                          f"got {targets.shape}")
     asked = targets != -100  # (B, T) bool
-    logits, cache = forward(params, ids, config, training=training, rng=rng, positions=asked)
-    loss, c_loss = cross_entropy.forward(logits, targets[asked], ignore_index=-100)
-    dlogits = cross_entropy.backward(1.0, c_loss)  # (n, V)
-    return float(loss), backward(dlogits, cache), logits
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    for name, p in params.items():  # every value scanned once here, not again inside
+        check_array(f"params[{name!r}]", p)
+    with values_scanned():
+        logits, cache = forward(params, ids, config, training=training, rng=rng, positions=asked)
+        loss, c_loss = cross_entropy.forward(logits, targets[asked], ignore_index=-100)
+        dlogits = cross_entropy.backward(1.0, c_loss)  # (n, V)
+        grads = backward(dlogits, cache)
+    return float(loss), grads, logits
 
 
 def forget_gates(params, ids, config):

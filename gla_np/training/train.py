@@ -400,19 +400,15 @@ def _step(run, config, opt, params, opt_state, ids, targets, step, folder, threa
     # thread, the filter for the shards' threads).
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            loss, grads, logits = data_parallel.loss_and_grads(
-                params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
-                rng=_rng(run, STREAM_DROPOUT, step))
-        except ValueError as err:  # a layer's own check of its (internal) input
-            if "nan or inf" not in str(err):
-                raise
-            largest = max(params, key=lambda name: float(np.abs(params[name]).max()))
-            raise _diverged(run, step, f"the activations overflowed to nan or inf inside the "
-                            f"model (largest weight: {largest!r}, up to "
-                            f"{float(np.abs(params[largest]).max()):.3g})", folder) from None
+        loss, grads, logits = data_parallel.loss_and_grads(
+            params, ids, targets, config, threads=threads, training=run["dropout"] > 0,
+            rng=_rng(run, STREAM_DROPOUT, step))
         if not math.isfinite(loss):
-            raise _diverged(run, step, f"the loss is {float(loss)}", folder)
+            # the weights are finite (checked after every update), so the activations overflowed
+            largest = max(params, key=lambda name: float(np.abs(params[name]).max()))
+            raise _diverged(run, step, f"the loss is {float(loss)}: the activations overflowed "
+                            f"to nan or inf inside the model (largest weight: {largest!r}, up to "
+                            f"{float(np.abs(params[largest]).max()):.3g})", folder)
         norm = optim.global_norm(grads)
         if not math.isfinite(norm):
             raise _diverged(run, step, f"the gradient norm is {norm} (first non-finite: the "
