@@ -8,8 +8,8 @@ The figures:
 
 - ``chunk-tiles.svg``: one chunk's C x C score matrix cut into sub-chunk tiles (off-diagonal tiles
   as one matmul with their reference row, diagonal tiles elementwise in log space, the pairs
-  u = t, the masked region), with a float32 example of the naive factor overflowing where the
-  tiled factors do not (the numbers are computed here, not typed in).
+  u = t, the future pairs never formed), with a float32 example of the naive factor overflowing
+  where the tiled factors do not (the numbers are computed here, not typed in).
 - ``windows.svg``: which pairs (t, u) a row r lies between (the rectangle t >= r > u), and the
   read, write and carry windows of a chunk that hold row r: the picture behind the gate gradient
   of the parallel and chunked backwards.
@@ -37,7 +37,7 @@ COLORS = {
     "offdiag": "#cfe2f3",  # one matmul per row of tiles
     "diag": "#f9cb9c",  # elementwise, log space
     "self": "#b6d7a8",  # u = t, no gate
-    "masked": "#eeeeee",  # u > t, -inf before exp
+    "future": "#eeeeee",  # u > t, never formed
     "hold": "#3d85c6",  # windows that hold row r
     "miss": "#d9d9d9",  # windows that do not
     "loss": "#cc4125",
@@ -125,7 +125,7 @@ def chunk_tiles_svg(C=12, c=4, cell=24):
     for t in range(C):
         for u in range(C):
             same = t // c == u // c
-            kind = ("masked" if u > t else "self" if u == t else "diag" if same else "offdiag")
+            kind = ("future" if u > t else "self" if u == t else "diag" if same else "offdiag")
             svg.rect(left + u * cell, top + t * cell, cell, cell, COLORS[kind], "#ffffff", 1.0)
     for j in range(0, C + 1, c):  # sub-chunk boundaries
         svg.line(left + j * cell, top, left + j * cell, top + C * cell, "#444", 1.5)
@@ -140,10 +140,11 @@ def chunk_tiles_svg(C=12, c=4, cell=24):
     legend = [
         ("offdiag", "off-diagonal tiles: u in an earlier sub-chunk; one matmul per row",
          "of tiles, (q * exp(b - b_p)) (k * exp(b_p - b))^T, both factors <= 1"),
-        ("diag", "diagonal tiles, u < t: elementwise in log space,",
-         "exp(b_t - b_u), a (c, c, K) tensor: no one p serves the tile"),
+        ("diag", "diagonal tiles, u < t: elementwise in log space, exp(b_t - b_u),",
+         "one distance t - u at a time: no one p serves the tile"),
         ("self", "u = t: s q_t . k_t, exponent 0, no gate", "(added apart: A_self)"),
-        ("masked", "u > t: exponent set to -inf BEFORE exp, so 0", "(masking after exp: inf * 0 = nan)"),
+        ("future", "u > t: never formed, so every exponent is <= 0",
+         "(formed, then masked after exp: inf * 0 = nan)"),
     ]
     for kind, first, second in legend:
         svg.rect(x0, y - 12, 16, 16, COLORS[kind], "#888", 1.0)
