@@ -11,9 +11,9 @@ entering chunk n (H_0 = S_0) and s the query scale, each output is the sum of tw
     state:  H_{n+1} = diag(exp l_n) H_n + sum_{u in chunk n} (k_u * exp(l_n - b_u)) v_u^T  (3)
 
 (3) is a short Python loop over chunks; (1) and (2) are batched over all chunks at once. (2) is
-computed with the paper's secondary tiling (sub-chunks of length c, see ``_chunk_tiles``) so
-that every exponent evaluated is <= 0: the tempting factoring q * exp(b) times k * exp(-b)
-overflows float32 inside a single chunk of 64 once the gates are strong.
+computed by halving the chunk (the paper's secondary tiling, taken further; see
+``_chunk_tiles``) so that every exponent evaluated is <= 0: the tempting factoring q * exp(b)
+times k * exp(-b) overflows float32 inside a single chunk of 64 once the gates are strong.
 docs/derivations/recurrence/chunked.md has the full argument, and the recurrent form is the
 reference.
 
@@ -38,10 +38,10 @@ from gla_np.recurrence import _chunk_tiles
 from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
                                 floor_log_gates)
 
-# Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32):
-# smaller sub-chunks shrink the elementwise (c, c, K) diagonal tiles, larger ones shrink the
-# off-diagonal reference factors; see docs/derivations/recurrence/chunked.md for the timings.
-DEFAULT_SUB_CHUNK_SIZE = 8
+# Chosen by measurement (benchmarks/forms.py, B=8 H=4 K=V=64 T=2048, chunk 64, float32): the
+# chunk is halved until its diagonal tiles have at most c rows, whose pairs are then computed
+# elementwise; tiles of 2 to 4 rows were fastest, see docs/derivations/recurrence/chunked.md.
+DEFAULT_SUB_CHUNK_SIZE = 2
 
 # A memory/cache measure, not part of the algorithm: (batch, head) pairs are independent, so
 # forward and backward run on blocks of them, each with at most this many entries in each of
@@ -117,7 +117,8 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
 
     Same signature and results as ``recurrent.forward``, plus ``chunk_size`` (C >= 1; the last
     chunk may be shorter; a C larger than T is used as T) and ``sub_chunk_size`` (c >= 1, the
-    secondary tiling inside a chunk, default ``DEFAULT_SUB_CHUNK_SIZE``; c need not divide C, and
+    largest tile of the chunk computed elementwise, default ``DEFAULT_SUB_CHUNK_SIZE``; the chunk
+    is halved until its tiles are at most that long; c need not divide C, and
     a c larger than C is used as C). Neither changes the result beyond rounding.
     """
     B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
@@ -166,10 +167,9 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
     for n in range(N):
         states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
-    # (2) intra-chunk: past pairs u < t by the tiled scores, the pair u = t (no gate) directly
-    A = _chunk_tiles.scores(qs, k_c, b, c)  # (B, H, N, C, C), strictly lower triangular
+    # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
+    o = _chunk_tiles.forward(qs, k_c, v_c, b, c)  # (B, H, N, C, V)
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
-    o = A @ v_c  # (B, H, N, C, V)
     o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
@@ -275,7 +275,7 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
         dv_state = (k_c * k_decay) @ E  # (B, H, N, C, V)
 
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
-    # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the tiles,
+    # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the halving,
     #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
     dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
     A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
