@@ -29,6 +29,7 @@ only (see ``BLOCK_ENTRIES``); the algorithm is in those two functions.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -169,7 +170,7 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
 
     # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
     o = _chunk_tiles.forward(qs, k_c, v_c, b, c)  # (B, H, N, C, V)
-    A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
+    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
     o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
@@ -278,8 +279,8 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the halving,
     #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
     dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
-    A_self = np.sum(qs * k_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
-    dA_self = np.sum(do_c * v_c, axis=-1, keepdims=True)  # (B, H, N, C, 1)
+    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+    dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
     dv = dv_past + A_self * do_c + dv_state
     dq_gated = s * dqs_past + dq_inter  # the parts of dq that pass through a gate
     dq = dq_gated + s * dA_self * k_c
@@ -312,6 +313,16 @@ def _state_grads(q_read, do_c, l, d_final_state):
     return E, d_initial_state
 
 
+@functools.lru_cache(maxsize=None)
+def _triangles(C, dtype):
+    """The 0/1 (C, C) matrices of the sums over rows: [r, t] = 1 if t >= r, and [r, u] = 1 if
+    u < r (made once per size and dtype, and never written to)."""
+    at_or_after = np.triu(np.ones((C, C), dtype=dtype))
+    before = np.tril(np.ones((C, C), dtype=dtype), k=-1)
+    at_or_after.flags.writeable = before.flags.writeable = False
+    return at_or_after, before
+
+
 def _gate_grad(reads, writes, l, entering, E):
     """dg in chunks (B, H, N, C, K), from the three families of gated exponents of a chunk.
 
@@ -327,9 +338,7 @@ def _gate_grad(reads, writes, l, entering, E):
     #   writes into the leaving state (u < r): sum over u < r of k * dk_state,
     #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
     # The sums over rows of a chunk are products with 0/1 triangular (C, C) matrices.
-    C = reads.shape[3]
-    at_or_after = np.triu(np.ones((C, C), dtype=reads.dtype))  # [r, t] = 1 if t >= r
-    before = np.tril(np.ones((C, C), dtype=reads.dtype), k=-1)  # [r, u] = 1 if u < r
+    at_or_after, before = _triangles(reads.shape[3], reads.dtype)
     dg = at_or_after @ reads
     if writes is not None:
         dg += before @ writes
