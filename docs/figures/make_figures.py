@@ -6,10 +6,11 @@
 
 The figures:
 
-- ``chunk-tiles.svg``: one chunk's C x C score matrix cut into sub-chunk tiles (off-diagonal tiles
-  as one matmul with their reference row, diagonal tiles elementwise in log space, the pairs
-  u = t, the future pairs never formed), with a float32 example of the naive factor overflowing
-  where the tiled factors do not (the numbers are computed here, not typed in).
+- ``chunk-tiles.svg``: one chunk's C x C score matrix halved down to tiles (the pairs across the
+  halves of each block, one matmul per level, each block with its reference row p; the tiles on
+  the diagonal elementwise in log space; the pairs u = t; the future pairs never formed), with a
+  float32 example of the naive factor overflowing where the halving's factors do not (the
+  numbers are computed here, not typed in).
 - ``windows.svg``: which pairs (t, u) a row r lies between (the rectangle t >= r > u), and the
   read, write and carry windows of a chunk that hold row r: the picture behind the gate gradient
   of the parallel and chunked backwards.
@@ -34,8 +35,7 @@ DEFAULT_METRICS = HERE / "data" / "mqar-default-metrics.csv"
 
 FONT = "font-family=\"DejaVu Sans, Arial, sans-serif\""
 COLORS = {
-    "offdiag": "#cfe2f3",  # one matmul per row of tiles
-    "diag": "#f9cb9c",  # elementwise, log space
+    "diag": "#f9cb9c",  # tiles: elementwise, log space
     "self": "#b6d7a8",  # u = t, no gate
     "future": "#eeeeee",  # u > t, never formed
     "hold": "#3d85c6",  # windows that hold row r
@@ -43,6 +43,7 @@ COLORS = {
     "loss": "#cc4125",
     "acc": "#3d85c6",
 }
+LEVEL_COLORS = ["#6fa8dc", "#9fc5e8", "#cfe2f3", "#e4eff9", "#f1f7fc", "#f8fbfe"]  # one matmul each
 
 
 class Svg:
@@ -87,75 +88,113 @@ def _e(x):
     return f"{x:.1e}"
 
 
-def overflow_example(g=-30.0, rows=4):
-    """Float32 numbers for the tile figure: the naive key factor exp(-b_u) and the tiled ones.
+def overflow_example(g=-30.0, t=4, u=2, p=3):
+    """Float32 numbers for the tile figure: the naive key factor exp(-b_u) and the halving's.
 
     Returns a list of text lines, computed (not typed in): b is the chunk-local cumsum of a
-    constant gate g per step, the naive factoring multiplies exp(b_t) by exp(-b_u), the tiled
-    one exp(b_t - b_p) by exp(b_p - b_u) with p the last row before t's sub-chunk.
+    constant gate g per step, the naive factoring multiplies exp(b_t) by exp(-b_u), the halving
+    exp(b_t - b_p) by exp(b_p - b_u) with p the last row of the first half of the block whose
+    halves separate u and t (rows 0-3 against 4-7 in the figure: t = 4, u = 2, p = 3).
     """
     f32 = np.float32
-    b = np.cumsum(np.full(rows, g, dtype=f32))  # b_0 .. b_{rows-1}
+    b = np.cumsum(np.full(t + 1, g, dtype=f32))  # b_0 .. b_t
     with np.errstate(over="ignore", invalid="ignore"):
         naive_k = np.exp(-b)  # the key-side factor of the naive factoring
-        t, u, p = rows - 1, rows - 2, rows - 2
         naive = np.exp(b[t]) * np.exp(-b[u])
         tiled_q, tiled_k = np.exp(b[t] - b[p]), np.exp(b[p] - b[u])
         exact = np.exp(b[t] - b[u])
     lines = [f"float32, gate g = {g:g} per step, b = cumsum(g):"]
     lines += [f"naive key factor exp(-b_{i}) = exp({-float(b[i]):g}) = {_e(naive_k[i])}"
-              for i in range(rows)]
+              for i in range(t + 1)]
     lines.append(f"naive exp(b_{t}) * exp(-b_{u}) = {_e(np.exp(b[t]))} * {_e(naive_k[u])}"
                  f" = {_e(naive)}")
-    lines.append(f"tiled exp(b_{t} - b_p) * exp(b_p - b_{u}), p = {p}:")
+    lines.append(f"halving exp(b_{t} - b_p) * exp(b_p - b_{u}), p = {p}:")
     lines.append(f"    = {_e(tiled_q)} * {_e(tiled_k)} = {_e(tiled_q * tiled_k)}"
                  f"  (exact {_e(exact)})")
-    lines.append("every tiled factor is exp of a number <= 0: never above 1")
+    lines.append("every factor is exp of a number <= 0: never above 1")
     return lines
 
 
-def chunk_tiles_svg(C=12, c=4, cell=24):
-    """One chunk's C x C score matrix A[t, u], tiled by sub-chunks of c rows."""
+def _halving_blocks(C, c):
+    """The blocks of the halving of one chunk of C rows (C a tile size <= c times 2^levels).
+
+    Returns (level, first, half, p) per block: the block starts at row ``first``, its halves
+    have ``half`` rows, and p = first + half - 1 is the last row of its first half; and the
+    tile size. Level 1 is the whole chunk.
+    """
+    blocks, n, level = [], C, 1
+    while n > c:
+        blocks += [(level, first, n // 2, first + n // 2 - 1) for first in range(0, C, n)]
+        n //= 2
+        level += 1
+    return blocks, n
+
+
+def chunk_tiles_svg(C=16, c=2, cell=24, example=(4, 2)):
+    """One chunk's C x C score matrix A[t, u], halved down to tiles of at most c rows."""
+    blocks, tile = _halving_blocks(C, c)
+    levels = max(level for level, *_ in blocks)
     left, top = 70, 60
-    svg = Svg(left + C * cell + 480, top + C * cell + 90)
-    svg.text(left, 24, f"One chunk's scores A[t, u], C = {C} rows, sub-chunks of c = {c}",
-             size=15, weight="bold")
+    svg = Svg(left + C * cell + 470, top + C * cell + 90)  # the height is set at the end
+    svg.text(left, 24, f"One chunk's scores A[t, u], C = {C} rows, halved down to tiles of "
+                       f"c = {c}", size=15, weight="bold")
     svg.text(left + C * cell / 2, top - 12, "key row u  ->", anchor="middle")
-    svg.text(left - 8, top - 12, "query t", anchor="end")
+    svg.text(left - 6, top - 12, "query t", anchor="end")
     for t in range(C):
         for u in range(C):
-            same = t // c == u // c
-            kind = ("future" if u > t else "self" if u == t else "diag" if same else "offdiag")
+            kind = "future" if u > t else "self" if u == t else "diag"  # blocks drawn over
             svg.rect(left + u * cell, top + t * cell, cell, cell, COLORS[kind], "#ffffff", 1.0)
-    for j in range(0, C + 1, c):  # sub-chunk boundaries
-        svg.line(left + j * cell, top, left + j * cell, top + C * cell, "#444", 1.5)
-        svg.line(left, top + j * cell, left + C * cell, top + j * cell, "#444", 1.5)
-    for start in range(c, C, c):  # the reference row p = start - 1 of each query sub-chunk
-        y = top + (start - 0.5) * cell
-        svg.line(left - 24, y, left - 4, y, "#cc0000", 2.0)
-        svg.text(left - 28, y + 4, f"p={start - 1}", size=11, anchor="end", fill="#cc0000")
+    for level, first, half, p in blocks:  # the pairs across the halves: one matmul each
+        x, y, w = left + first * cell, top + (first + half) * cell, half * cell
+        svg.rect(x, y, w, w, LEVEL_COLORS[level - 1], "#444", 1.5)
+        svg.text(x + w / 2, y + w / 2 + 4, f"p={p}", size=11 if half > 1 else 9,
+                 anchor="middle")
+    t_ex, u_ex = example  # the pair of the overflow example, ringed in red
+    p_ex = next(p for _, first, half, p in blocks if first <= u_ex <= p < t_ex < first + 2 * half)
+    svg.rect(left + u_ex * cell + 2, top + t_ex * cell + 2, cell - 4, cell - 4, "none",
+             "#cc0000", 2.0)
+    for first in range(0, C, tile):  # the tiles on the diagonal: elementwise
+        svg.rect(left + first * cell, top + first * cell, tile * cell, tile * cell, "none",
+                 "#444", 1.5)
     for i in range(C):
         svg.text(left + (i + 0.5) * cell, top + C * cell + 16, str(i), size=10, anchor="middle")
+        svg.text(left - 6, top + (i + 0.5) * cell + 4, str(i), size=10, anchor="end")
     x0, y = left + C * cell + 30, top + 6
+    for level in range(1, levels + 1):
+        rows = C // 2 ** (level - 1)
+        svg.rect(x0, y - 12, 16, 16, LEVEL_COLORS[level - 1], "#888", 1.0)
+        svg.text(x0 + 24, y, f"level {level}: {C // rows} block{'s' if rows < C else ''} of "
+                             f"{rows} rows" + (", the whole chunk" if rows == C else ""), size=12)
+        y += 24
+    for line in ["a block's pairs across its halves (t in the second, u in the first)",
+                 "with p the last row of its first half: u <= p < t, so both factors of",
+                 "(q * exp(b - b_p)) (k * exp(b_p - b))^T are <= 1;",
+                 "one batched matmul per level, all blocks of all chunks"]:
+        svg.text(x0 + 24, y, line, size=12)
+        y += 16
+    y += 18
     legend = [
-        ("offdiag", "off-diagonal tiles: u in an earlier sub-chunk; one matmul per row",
-         "of tiles, (q * exp(b - b_p)) (k * exp(b_p - b))^T, both factors <= 1"),
-        ("diag", "diagonal tiles, u < t: elementwise in log space, exp(b_t - b_u),",
-         "one distance t - u at a time: no one p serves the tile"),
-        ("self", "u = t: s q_t . k_t, exponent 0, no gate", "(added apart: A_self)"),
-        ("future", "u > t: never formed, so every exponent is <= 0",
-         "(formed, then masked after exp: inf * 0 = nan)"),
+        (COLORS["diag"], f"tiles of {tile} rows, u < t: elementwise, exp(b_t - b_u),",
+         "one distance t - u at a time: no one p serves a tile"),
+        (COLORS["self"], "u = t: s q_t . k_t, exponent 0, no gate", "(added apart: A_self)"),
+        (COLORS["future"], "u > t: never formed, so every exponent is <= 0",
+         "(forming them and masking after exp: inf * 0 = nan)"),
     ]
-    for kind, first, second in legend:
-        svg.rect(x0, y - 12, 16, 16, COLORS[kind], "#888", 1.0)
+    for color, first, second in legend:
+        svg.rect(x0, y - 12, 16, 16, color, "#888", 1.0)
         svg.text(x0 + 24, y, first, size=12)
         svg.text(x0 + 24, y + 16, second, size=12)
         y += 44
-    svg.text(x0, y + 4, "Why tiles: the naive factoring overflows", size=13, weight="bold")
-    y += 24
-    for line in overflow_example():
-        svg.text(x0, y, line, size=12)
+    svg.text(x0, y + 4, "Why not one matmul: the naive factoring overflows", size=13,
+             weight="bold")
+    y += 22
+    svg.text(x0, y, f"at the pair ringed in red, t = {t_ex}, u = {u_ex}:", size=12,
+             fill="#cc0000")
+    y += 17
+    for line in overflow_example(t=t_ex, u=u_ex, p=p_ex):
+        svg.text(x0 + 24 if line.startswith(" ") else x0, y, line.strip(), size=12)
         y += 17
+    svg.height = int(max(y, top + C * cell + 30)) + 10
     return svg.render()
 
 
