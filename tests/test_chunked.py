@@ -8,10 +8,11 @@ from gla_np.gradcheck import gradcheck
 
 # (B, H, T, K, V, chunk_size, sub_chunk_size)
 CASES = [
-    (1, 2, 8, 3, 2, 4, 2),  # C divides T, c divides C
-    (2, 1, 7, 3, 4, 3, 2),  # C does not divide T, c does not divide C
-    (1, 1, 13, 2, 3, 6, 4),  # ragged last chunk and ragged last sub-chunk
-    (1, 2, 9, 2, 2, 9, 3),  # one chunk = the whole sequence, three sub-chunks
+    (1, 2, 8, 3, 2, 4, 2),  # C divides T; the chunk halved once into tiles of 2
+    (2, 1, 7, 3, 4, 3, 2),  # C does not divide T; the chunk padded from 3 to 4 rows to halve it
+    (1, 1, 13, 2, 3, 6, 4),  # ragged last chunk; halved once into tiles of 3
+    (1, 2, 9, 2, 2, 9, 3),  # one chunk = the whole sequence, padded from 9 to 12 (tiles of 3)
+    (1, 1, 16, 2, 3, 16, 2),  # three levels of halving down to tiles of 2
     (1, 1, 5, 2, 2, 1, 1),  # chunk 1: the recurrence itself
     (2, 1, 4, 3, 2, 16, 16),  # chunk longer than T
 ]

@@ -1,6 +1,6 @@
 """The three forms compute one function: parallel and chunked agree with recurrent.
 
-Hypothesis draws the shapes, chunk and sub-chunk sizes (dividing T or not, 1, larger than T),
+Hypothesis draws the shapes, chunk sizes and tile sizes (dividing T or not, 1, larger than T),
 gate strengths from exactly 0 (no decay) down to -30 per step, hard resets (-inf or -1e30 at
 about one entry in 20) or none, with and without an initial
 state and a final-state gradient, and compares the outputs and all five gradients. The largest

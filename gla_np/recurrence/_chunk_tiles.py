@@ -15,12 +15,14 @@ b_t <= b_p <= b_u and
     exp(b_t - b_u) = exp(b_t - b_p) * exp(b_p - b_u)        both factors <= 1:
 
 the pairs across the halves are one matmul of (qs * exp(b - b_p)) and (k * exp(b_p - b)). The
-pairs inside each half are the same problem on half the rows: halve again. The paper's
-secondary chunking is two such levels; here the halving goes on, every level batched over all
-blocks of all chunks at once, until a block has at most c rows (the tile size c, ``chunked``'s
-``sub_chunk_size``). A tile's own pairs have no row between all of them (its rows are queries
-and keys at once), so they use exp(b_t - b_u) itself, elementwise, one distance d = t - u at a
-time: rows d.. of every tile against the rows d before them. Only past pairs are ever formed.
+pairs inside each half are the same problem on half the rows: halve again. (The paper's
+secondary chunking cuts the chunk once into sub-chunks, each against all earlier keys with its
+own reference row; halving applies the same argument at every scale.) The halving goes on,
+every level batched over all blocks of all chunks at once, until a block has at most c rows
+(the tile size c, ``chunked``'s ``sub_chunk_size``). A tile's own pairs have no row between
+all of them (its rows are queries and keys at once), so they use exp(b_t - b_u) itself,
+elementwise, one distance d = t - u at a time: rows d.. of every tile against the rows d before
+them. Only past pairs are ever formed.
 
 Every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
 is padded with rows after its end (gates 0, q, k, v zero) and the padding cut off again. Each
@@ -51,21 +53,22 @@ def _pad_rows(arrays, b, length):
     return [np.pad(x, widths) for x in arrays], np.pad(b, widths, mode="edge")
 
 
-def _halves(x, n):
-    """(..., C, X) -> (..., C / n, 2, n / 2, X): blocks of n rows, each as its two halves (a view)."""
-    return x.reshape(*x.shape[:-2], x.shape[-2] // n, 2, n // 2, x.shape[-1])
+def _halves(x, size):
+    """(..., C, X) -> (..., C / size, 2, size / 2, X): blocks of ``size`` rows, each as its two
+    halves (a view)."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] // size, 2, size // 2, x.shape[-1])
 
 
-def _tiles(x, n):
-    """(..., C, X) -> (..., C / n, n, X): tiles of n rows (a view)."""
-    return x.reshape(*x.shape[:-2], x.shape[-2] // n, n, x.shape[-1])
+def _tiles(x, size):
+    """(..., C, X) -> (..., C / size, size, X): tiles of ``size`` rows (a view)."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] // size, size, x.shape[-1])
 
 
 def _across_halves(b_half):
-    """The two factors of the pairs across the halves of every block, b_half (..., 2, n/2, K).
+    """The two factors of the pairs across the halves of every block, b_half (..., 2, size/2, K).
 
     The reference row p is the last row of the first half: exp(b_t - b_p) for the queries t of
-    the second half and exp(b_p - b_u) for the keys u of the first, both (..., n/2, K), <= 1.
+    the second half and exp(b_p - b_u) for the keys u of the first, both (..., size/2, K), <= 1.
     """
     b_p = b_half[..., 0, -1:, :]  # (..., 1, K)
     return np.exp(b_half[..., 1, :, :] - b_p), np.exp(b_p - b_half[..., 0, :, :])
@@ -77,26 +80,26 @@ def forward(qs, k, v, b, c):
     o_t = sum_{u < t} A[t, u] v_u with A as in the module docstring, c the largest tile.
     """
     C = qs.shape[-2]
-    n = _padded_length(C, c)
-    if n != C:
-        (qs, k, v), b = _pad_rows([qs, k, v], b, n)
+    size = _padded_length(C, c)
+    if size != C:
+        (qs, k, v), b = _pad_rows([qs, k, v], b, size)
         return forward(qs, k, v, b, c)[..., :C, :]
     o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
-    while n > c:
-        # the pairs across the two halves of every block of n rows: one matmul of factors <= 1
-        q_decay, k_decay = _across_halves(_halves(b, n))  # (..., C/n, n/2, K) each
-        q_ref = _halves(qs, n)[..., 1, :, :] * q_decay  # the queries of the second halves
-        k_ref = _halves(k, n)[..., 0, :, :] * k_decay  # the keys of the first halves
-        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/n, n/2, n/2)
-        _halves(o, n)[..., 1, :, :] += A @ _halves(v, n)[..., 0, :, :]
-        n //= 2
-    qs_tile, k_tile, v_tile, b_tile, o_tile = (_tiles(x, n) for x in (qs, k, v, b, o))
-    for d in range(1, n):
+    while size > c:
+        # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
+        q_decay, k_decay = _across_halves(_halves(b, size))  # (..., C/size, size/2, K) each
+        q_ref = _halves(qs, size)[..., 1, :, :] * q_decay  # the queries of the second halves
+        k_ref = _halves(k, size)[..., 0, :, :] * k_decay  # the keys of the first halves
+        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
+        _halves(o, size)[..., 1, :, :] += A @ _halves(v, size)[..., 0, :, :]
+        size //= 2
+    qs_tile, k_tile, v_tile, b_tile, o_tile = (_tiles(x, size) for x in (qs, k, v, b, o))
+    for d in range(1, size):
         # inside the tiles, the pairs at distance d: A[t, u] = qs_t . k_seen[t],  u = t - d,
         # k_seen[t] = k_u decayed to row t
-        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/n, n-d, K), <= 1
+        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/size, size-d, K), <= 1
         k_seen = np.multiply(decay, k_tile[..., :-d, :], out=decay)
-        A_d = np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen)  # (..., C/n, n-d)
+        A_d = np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen)  # (..., C/size, size-d)
         o_tile[..., d:, :] += A_d[..., None] * v_tile[..., :-d, :]
     return o
 
@@ -113,33 +116,33 @@ def backward(do, qs, k, v, b, c):
         dk_u  = sum_{t > u} dA[t, u] exp(b_t - b_u) * qs_t
     """
     C = qs.shape[-2]
-    n = _padded_length(C, c)
-    if n != C:
-        (do, qs, k, v), b = _pad_rows([do, qs, k, v], b, n)
+    size = _padded_length(C, c)
+    if size != C:
+        (do, qs, k, v), b = _pad_rows([do, qs, k, v], b, size)
         return [x[..., :C, :] for x in backward(do, qs, k, v, b, c)]
     # C order: the views below write into them
     dqs, dk, dv = (np.zeros(x.shape, dtype=x.dtype) for x in (qs, k, v))
-    while n > c:
+    while size > c:
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first
         # so: dA = do_second v_first^T,  dv_first += A^T do_second,
         #     dq_ref = dA k_ref,  dk_ref = dA^T q_ref,  then times the factors
-        q_decay, k_decay = _across_halves(_halves(b, n))  # (..., C/n, n/2, K) each
-        q_ref = _halves(qs, n)[..., 1, :, :] * q_decay
-        k_ref = _halves(k, n)[..., 0, :, :] * k_decay
-        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/n, n/2, n/2)
-        do_second, v_first = _halves(do, n)[..., 1, :, :], _halves(v, n)[..., 0, :, :]
-        dA = do_second @ v_first.swapaxes(-1, -2)  # (..., C/n, n/2, n/2)
-        _halves(dv, n)[..., 0, :, :] += A.swapaxes(-1, -2) @ do_second
-        _halves(dqs, n)[..., 1, :, :] += q_decay * (dA @ k_ref)
-        _halves(dk, n)[..., 0, :, :] += k_decay * (dA.swapaxes(-1, -2) @ q_ref)
-        n //= 2
-    qs_tile, k_tile, v_tile, b_tile, do_tile = (_tiles(x, n) for x in (qs, k, v, b, do))
-    dqs_tile, dk_tile, dv_tile = (_tiles(x, n) for x in (dqs, dk, dv))  # views: += writes
-    for d in range(1, n):
+        q_decay, k_decay = _across_halves(_halves(b, size))  # (..., C/size, size/2, K) each
+        q_ref = _halves(qs, size)[..., 1, :, :] * q_decay
+        k_ref = _halves(k, size)[..., 0, :, :] * k_decay
+        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
+        do_second, v_first = _halves(do, size)[..., 1, :, :], _halves(v, size)[..., 0, :, :]
+        dA = do_second @ v_first.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
+        _halves(dv, size)[..., 0, :, :] += A.swapaxes(-1, -2) @ do_second
+        _halves(dqs, size)[..., 1, :, :] += q_decay * (dA @ k_ref)
+        _halves(dk, size)[..., 0, :, :] += k_decay * (dA.swapaxes(-1, -2) @ q_ref)
+        size //= 2
+    qs_tile, k_tile, v_tile, b_tile, do_tile = (_tiles(x, size) for x in (qs, k, v, b, do))
+    dqs_tile, dk_tile, dv_tile = (_tiles(x, size) for x in (dqs, dk, dv))  # views: += writes
+    for d in range(1, size):
         # inside the tiles at distance d: A[t, u] = qs_t . (decay[t] * k_u),  u = t - d
         # so: dA[t, u] = do_t . v_u,  dv_u += A[t, u] do_t,
         #     dqs_t += dA[t, u] decay[t] * k_u,  dk_u += dA[t, u] decay[t] * qs_t
-        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/n, n-d, K), <= 1
+        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/size, size-d, K), <= 1
         k_seen = decay * k_tile[..., :-d, :]
         A_d = np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen)[..., None]
         dA_d = np.einsum("...tv,...tv->...t", do_tile[..., d:, :], v_tile[..., :-d, :])[..., None]

@@ -170,7 +170,7 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
 
     # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
     o = _chunk_tiles.forward(qs, k_c, v_c, b, c)  # (B, H, N, C, V)
-    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), A[t, t] = qs_t . k_t
+    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), qs_t . k_t
     o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
