@@ -173,7 +173,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="thread counts to time (default: 1 and every core)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed steps per row (default: 40 small, 10 large)")
+                        help="timed steps per row (default: 40 small and train, 10 large)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile one-thread steps and print time by module")
     parser.add_argument("--raw", action="store_true",
@@ -189,7 +189,7 @@ def main(argv=None):
     print(f"\n{'config':<7} {'threads':>7} {'min ms':>8} {'median ms':>10} {'tokens/s':>10} "
           f"{'CPU ms':>8}")
     for name in args.configs:
-        repeats = args.repeats or (40 if name == "small" else 10)
+        repeats = args.repeats or (10 if name == "large" else 40)
         for n in threads:
             step, tokens = make_step(name, n)
             times, cpu = time_steps(step, repeats)
