@@ -66,7 +66,8 @@ def backward(dy, cache):
 
     # forward: y = x_hat * w, one w for every row
     # so:      dw = sum_rows dy * x_hat,   dx_hat = dL/dx_hat = dy * w
-    dw = (dy * x_hat).reshape(-1, w.size).sum(axis=0)  # (D,), the leading axes as one row axis
+    rows = (-1, w.size)  # the leading axes as one row axis
+    dw = np.einsum("nd,nd->d", dy.reshape(rows), x_hat.reshape(rows))  # (D,), no dy * x_hat array
     dx_hat = dy * w  # (..., D), dL/dx_hat
 
     # forward: x_hat = x * rstd,  rstd = (mean(x^2) + eps)^(-1/2)
