@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gla_np import data_parallel, lm, optim, tasks  # noqa: E402
 from gla_np.layers import gla_layer  # noqa: E402
 from gla_np.layers.model import GLAConfig  # noqa: E402
-from train_step import CONFIGS, VOCAB, time_steps  # noqa: E402  (this script's folder)
+from train_step import CONFIGS, VOCAB, cpu_model, time_steps  # noqa: E402  (this script's folder)
 
 LR, MAX_NORM, WEIGHT_DECAY = 1e-3, 1.0, 0.1
 MALLOC_ENV = {n: v for n, v in data_parallel.PROCESS_ENV.items() if n.startswith("MALLOC_")}
@@ -308,12 +308,7 @@ def machine_summary():
                  for line in torch.__config__.parallel_info().splitlines()
                  if line and not line[0].isspace() and not line.rstrip().endswith(":")
                  and not line.startswith("std::")]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     malloc = ", ".join(f"{n}={os.environ.get(n)}" for n in MALLOC_ENV)
     return (f"torch {torch.__version__}: {', '.join(libraries)}; default threads "
             f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}; "

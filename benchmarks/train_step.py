@@ -53,14 +53,20 @@ CONFIGS = {
 VOCAB = 256
 
 
-def machine_summary():
-    """CPU model, cores, Python, NumPy and BLAS, as printable lines."""
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
+    return cpu
+
+
+def machine_summary():
+    """CPU model, cores, Python, NumPy and BLAS, as printable lines."""
+    cpu = cpu_model()
     blas = "unknown"
     try:
         info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
