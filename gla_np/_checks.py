@@ -88,6 +88,17 @@ def check_same_dtype(**arrays):
     return named[0][1].dtype
 
 
+def check_like(name, value, /, **like):
+    """Check ``value``, named ``name``, against the one array in ``like`` (``x=x_hat``, say):
+    the same shape and dtype, as an upstream gradient must match its forward's array. Returns
+    ``value`` as an ndarray."""
+    (like_name, ref), = like.items()
+    value = check_array(name, value)
+    check_shape(name, value, ref.shape)
+    check_same_dtype(**{name: value, like_name: ref})
+    return value
+
+
 def check_positive_int(name, value):
     """Check that ``value`` is an int >= 1 (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:

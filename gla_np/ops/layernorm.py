@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
+from gla_np._checks import (check_array, check_like, check_positive_real, check_same_dtype,
+                            check_shape)
 
 
 class LayerNormCache(NamedTuple):
@@ -63,9 +64,7 @@ def backward(dy, cache):
     x_hat, rstd, w = cache
     if dy is None:
         return np.zeros_like(x_hat), np.zeros_like(w), np.zeros_like(w)
-    dy = check_array("dy", dy, min_ndim=1)
-    check_shape("dy", dy, x_hat.shape)
-    check_same_dtype(dy=dy, x=x_hat)
+    dy = check_like("dy", dy, x=x_hat)
     leading = tuple(range(dy.ndim - 1))  # every axis but the last
 
     # forward: y = x_hat * w + b, w and b shared by every row

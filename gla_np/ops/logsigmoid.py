@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_same_dtype, check_shape
+from gla_np._checks import check_array, check_like
 from gla_np.ops.sigmoid import stable_sigmoid
 
 
@@ -49,9 +49,7 @@ def backward(dy, cache):
     s_neg = cache.s_neg
     if dy is None:
         return np.zeros_like(s_neg)
-    dy = check_array("dy", dy)
-    check_shape("dy", dy, s_neg.shape)
-    check_same_dtype(dy=dy, x=s_neg)
+    dy = check_like("dy", dy, x=s_neg)
 
     # forward: y = -log(1 + exp(-x))   so: dy/dx = exp(-x) / (1 + exp(-x)) = sigma(-x)
     with np.errstate(under="ignore"):

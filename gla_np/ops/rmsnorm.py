@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_positive_real, check_same_dtype, check_shape
+from gla_np._checks import (check_array, check_like, check_positive_real, check_same_dtype,
+                            check_shape)
 
 
 class RMSNormCache(NamedTuple):
@@ -60,9 +61,7 @@ def backward(dy, cache):
     x_hat, rstd, w = cache
     if dy is None:
         return np.zeros_like(x_hat), np.zeros_like(w)
-    dy = check_array("dy", dy, min_ndim=1)
-    check_shape("dy", dy, x_hat.shape)
-    check_same_dtype(dy=dy, x=x_hat)
+    dy = check_like("dy", dy, x=x_hat)
 
     # forward: y = x_hat * w, one w for every row
     # so:      dw = sum_rows dy * x_hat,   dx_hat = dL/dx_hat = dy * w

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_same_dtype, check_shape
+from gla_np._checks import check_array, check_like
 
 
 def stable_sigmoid(x):
@@ -67,9 +67,7 @@ def backward(dy, cache):
     y = cache.y
     if dy is None:
         return np.zeros_like(y)
-    dy = check_array("dy", dy)
-    check_shape("dy", dy, y.shape)
-    check_same_dtype(dy=dy, y=y)
+    dy = check_like("dy", dy, y=y)
 
     # forward: y = 1 / (1 + exp(-x))   so: dy/dx = exp(-x) / (1 + exp(-x))^2 = y * (1 - y)
     one = y.dtype.type(1)  # a typed 1 keeps a 0-d float32 float32 under NumPy 1.x too

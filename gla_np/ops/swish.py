@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_array, check_same_dtype, check_shape
+from gla_np._checks import check_array, check_like
 from gla_np.ops.sigmoid import stable_sigmoid
 
 
@@ -42,9 +42,7 @@ def backward(dy, cache):
     x, s = cache
     if dy is None:
         return np.zeros_like(x)
-    dy = check_array("dy", dy)
-    check_shape("dy", dy, x.shape)
-    check_same_dtype(dy=dy, x=x)
+    dy = check_like("dy", dy, x=x)
 
     # forward: y = x * s,  s = sigma(x),  ds/dx = s * (1 - s)
     # so:      dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
