@@ -77,6 +77,26 @@ def _check_rng(rng):
     return rng
 
 
+def _check_pairs_task(rng, batch_size, num_pairs, seq_len, vocab_size, *, rows_per_pair,
+                      rows_why, key_share):
+    """The checks of the key-value tasks: ``seq_len >= rows_per_pair * num_pairs`` (``rows_why``
+    says why) and room for ``num_pairs`` distinct keys in ``[1, vocab_size // key_share)``.
+    Returns ``(B, P, T, V)``."""
+    _check_rng(rng)
+    B = _check_int("batch_size", batch_size, 1)
+    P = _check_int("num_pairs", num_pairs, 1)
+    T = _check_int("seq_len", seq_len, 1)
+    V = _check_int("vocab_size", vocab_size, 2)
+    if T < rows_per_pair * P:
+        raise ValueError(f"seq_len: expected >= {rows_per_pair} * num_pairs = {rows_per_pair * P} "
+                         f"({rows_why}), got {T}")
+    if V // key_share - 1 < P:
+        raise ValueError(f"vocab_size: expected >= {key_share} * (num_pairs + 1) = "
+                         f"{key_share * (P + 1)} so that {P} distinct keys fit in "
+                         f"[1, vocab_size // {key_share}), got {V}")
+    return B, P, T, V
+
+
 def mqar(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=256, power_a=0.01):
     """Multi-query associative recall in Zoology's layout (see the module docstring).
 
@@ -84,17 +104,9 @@ def mqar(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=256, power_a=0.
     position) and ``vocab_size >= 2 * (num_pairs + 1)`` (enough distinct keys in ``[1, V/2)``).
     Returns ``(inputs, targets)``, int64 ``(batch_size, seq_len)``.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
-    P = _check_int("num_pairs", num_pairs, 1)
-    T = _check_int("seq_len", seq_len, 1)
-    V = _check_int("vocab_size", vocab_size, 2)
-    if T < 4 * P:
-        raise ValueError(f"seq_len: expected >= 4 * num_pairs = {4 * P} (the pairs and one query "
-                         f"slot every other position), got {T}")
-    if V // 2 - 1 < P:
-        raise ValueError(f"vocab_size: expected >= 2 * (num_pairs + 1) = {2 * (P + 1)} so that "
-                         f"{P} distinct keys fit in [1, vocab_size // 2), got {V}")
+    B, P, T, V = _check_pairs_task(rng, batch_size, num_pairs, seq_len, vocab_size, rows_per_pair=4,
+                                   rows_why="the pairs and one query slot every other position",
+                                   key_share=2)
     if isinstance(power_a, bool) or not isinstance(power_a, numbers.Real) or not 0 < power_a <= 1:
         raise ValueError(f"power_a: expected a number in (0, 1], got {power_a!r}")
     context = 2 * P  # the key-value pairs
@@ -175,17 +187,9 @@ def latest_recall(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=128):
     and ``vocab_size >= 4 * (num_pairs + 1)`` (P distinct keys in ``[1, V/4)``). Returns
     ``(inputs, targets)``, int64 ``(batch_size, seq_len)``.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
-    P = _check_int("num_pairs", num_pairs, 1)
-    T = _check_int("seq_len", seq_len, 1)
-    V = _check_int("vocab_size", vocab_size, 2)
-    if T < 3 * P:
-        raise ValueError(f"seq_len: expected >= 3 * num_pairs = {3 * P} (one write of each key, "
-                         f"then one query per key), got {T}")
-    if V // 4 - 1 < P:
-        raise ValueError(f"vocab_size: expected >= 4 * (num_pairs + 1) = {4 * (P + 1)} so that "
-                         f"{P} distinct keys fit in [1, vocab_size // 4), got {V}")
+    B, P, T, V = _check_pairs_task(rng, batch_size, num_pairs, seq_len, vocab_size, rows_per_pair=3,
+                                   rows_why="one write of each key, then one query per key",
+                                   key_share=4)
     W = (T - P) // 2  # writes
     start = T - P - 2 * W  # 0 or 1: a blank pads the front
 
