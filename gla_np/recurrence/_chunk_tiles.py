@@ -74,6 +74,25 @@ def _across_halves(b_half):
     return np.exp(b_half[..., 1, :, :] - b_p), np.exp(b_p - b_half[..., 0, :, :])
 
 
+def _across(qs, k, b, size):
+    """Every block of ``size`` rows, its pairs across the halves: (A, q_ref, k_ref, q_decay,
+    k_decay), A (..., C/size, size/2, size/2) = q_ref @ k_ref^T with q_ref = qs * q_decay the
+    queries of the second halves and k_ref = k * k_decay the keys of the first (factors <= 1)."""
+    q_decay, k_decay = _across_halves(_halves(b, size))  # (..., C/size, size/2, K) each
+    q_ref = _halves(qs, size)[..., 1, :, :] * q_decay
+    k_ref = _halves(k, size)[..., 0, :, :] * k_decay
+    return q_ref @ k_ref.swapaxes(-1, -2), q_ref, k_ref, q_decay, k_decay
+
+
+def _in_tiles(qs_tile, k_tile, b_tile, d):
+    """Inside the tiles, the pairs at distance d (u = t - d): (A_d, k_seen, decay), A_d
+    (..., C/size, size-d) = qs_t . k_seen[t] with k_seen[t] = decay[t] * k_u, k_u decayed to
+    row t, and decay = exp(b_t - b_u) <= 1 (..., C/size, size-d, K)."""
+    decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])
+    k_seen = decay * k_tile[..., :-d, :]
+    return np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen), k_seen, decay
+
+
 def forward(qs, k, v, b, c):
     """The past pairs' output o (..., C, V) from qs, k, b (..., C, K) and v (..., C, V).
 
@@ -87,19 +106,13 @@ def forward(qs, k, v, b, c):
     o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
     while size > c:
         # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
-        q_decay, k_decay = _across_halves(_halves(b, size))  # (..., C/size, size/2, K) each
-        q_ref = _halves(qs, size)[..., 1, :, :] * q_decay  # the queries of the second halves
-        k_ref = _halves(k, size)[..., 0, :, :] * k_decay  # the keys of the first halves
-        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
+        A = _across(qs, k, b, size)[0]  # (..., C/size, size/2, size/2)
         _halves(o, size)[..., 1, :, :] += A @ _halves(v, size)[..., 0, :, :]
         size //= 2
     qs_tile, k_tile, v_tile, b_tile, o_tile = (_tiles(x, size) for x in (qs, k, v, b, o))
     for d in range(1, size):
-        # inside the tiles, the pairs at distance d: A[t, u] = qs_t . k_seen[t],  u = t - d,
-        # k_seen[t] = k_u decayed to row t
-        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/size, size-d, K), <= 1
-        k_seen = np.multiply(decay, k_tile[..., :-d, :], out=decay)
-        A_d = np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen)  # (..., C/size, size-d)
+        # inside the tiles, the pairs at distance d: o_t += A[t, t - d] v_{t-d}
+        A_d = _in_tiles(qs_tile, k_tile, b_tile, d)[0]  # (..., C/size, size-d)
         o_tile[..., d:, :] += A_d[..., None] * v_tile[..., :-d, :]
     return o
 
@@ -126,10 +139,7 @@ def backward(do, qs, k, v, b, c):
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first
         # so: dA = do_second v_first^T,  dv_first += A^T do_second,
         #     dq_ref = dA k_ref,  dk_ref = dA^T q_ref,  then times the factors
-        q_decay, k_decay = _across_halves(_halves(b, size))  # (..., C/size, size/2, K) each
-        q_ref = _halves(qs, size)[..., 1, :, :] * q_decay
-        k_ref = _halves(k, size)[..., 0, :, :] * k_decay
-        A = q_ref @ k_ref.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
+        A, q_ref, k_ref, q_decay, k_decay = _across(qs, k, b, size)
         do_second, v_first = _halves(do, size)[..., 1, :, :], _halves(v, size)[..., 0, :, :]
         dA = do_second @ v_first.swapaxes(-1, -2)  # (..., C/size, size/2, size/2)
         _halves(dv, size)[..., 0, :, :] += A.swapaxes(-1, -2) @ do_second
@@ -142,9 +152,8 @@ def backward(do, qs, k, v, b, c):
         # inside the tiles at distance d: A[t, u] = qs_t . (decay[t] * k_u),  u = t - d
         # so: dA[t, u] = do_t . v_u,  dv_u += A[t, u] do_t,
         #     dqs_t += dA[t, u] decay[t] * k_u,  dk_u += dA[t, u] decay[t] * qs_t
-        decay = np.exp(b_tile[..., d:, :] - b_tile[..., :-d, :])  # (..., C/size, size-d, K), <= 1
-        k_seen = decay * k_tile[..., :-d, :]
-        A_d = np.einsum("...tk,...tk->...t", qs_tile[..., d:, :], k_seen)[..., None]
+        A_d, k_seen, decay = _in_tiles(qs_tile, k_tile, b_tile, d)
+        A_d = A_d[..., None]
         dA_d = np.einsum("...tv,...tv->...t", do_tile[..., d:, :], v_tile[..., :-d, :])[..., None]
         dv_tile[..., :-d, :] += A_d * do_tile[..., d:, :]
         dqs_tile[..., d:, :] += dA_d * k_seen
