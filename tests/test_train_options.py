@@ -144,9 +144,12 @@ def test_resume_of_a_folder(tmp_path, capsys):
 
 
 def test_resume_of_a_file_that_is_no_checkpoint(tmp_path, capsys):
-    (tmp_path / "notes.npz").write_text("hello")
-    err = refused(["--resume", str(tmp_path / "notes.npz")], capsys)
-    assert err.startswith(f"checkpoint {tmp_path / 'notes.npz'}: truncated or corrupt")
+    """Regression: the message for --resume metrics.csv came from np.load and suggested
+    allow_pickle=True."""
+    (tmp_path / "metrics.csv").write_text("step,split\n1,train\n")
+    err = refused(["--resume", str(tmp_path / "metrics.csv")], capsys)
+    assert err.startswith(f"checkpoint {tmp_path / 'metrics.csv'}: not a checkpoint")
+    assert "pickle" not in err
 
 
 # -- memory ----------------------------------------------------------------------------------

@@ -1,19 +1,21 @@
 """What ``python -m gla_np.train`` refuses before it trains, each with a one-line ValueError.
 
 A run that fails after an hour because of something knowable at start-up wastes the hour, so
-everything that can be checked is checked first (docs/reliability.md lists it all):
+everything that can be checked is checked first (docs/reliability.md lists it all), in the
+order that costs least: arithmetic on the options before anything is built or written.
 
 * every option: its type, its range, and how it fits the others (``check_run``,
-  ``check_session``). The checks name the option as the user wrote it: ``--lr`` on the command
-  line, ``config['lr']`` in a checkpoint (``label``).
-* a checkpoint to resume: that it is a file, and that its stored config is complete and sane
-  (``check_stored_run``), since a hand-edited or damaged file must give a clear ValueError,
-  never a TypeError from deep inside the loop.
+  ``check_session``, ``check_history``). The checks name the option as the user wrote it:
+  ``--lr`` on the command line, ``config['lr']`` in a checkpoint (``label``).
 * memory: one step's activations, estimated from the sizes (``step_memory``), against the
-  memory available now (``available_memory``).
-* the output folder: it is (or can be made) a folder, is writable, has room for two
-  checkpoints (the old one stays until the new one replaces it), and holds no checkpoint of
-  another run (``check_out_folder``).
+  memory available now (``available_memory``); inside ``check_run``, before the task draws
+  its one test sequence, so a huge ``--seq_len`` is refused before anything of its size exists.
+* a checkpoint to resume: that it is a regular file, and that its stored config is complete
+  and sane (``check_stored_run``), since a hand-edited or damaged file must give a clear
+  ValueError, never a TypeError from deep inside the loop.
+* the output folder, once its lock is held (gla_np.training._lock): it is writable, has room
+  for two checkpoints (the old one stays until the new one replaces it), and what it holds
+  under the run's file names are regular files (``check_out_folder``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ RUN_CHOICES = {"task": tuple(sorted(tasks.TASKS)), "form": ("chunk", "parallel",
 RUN_BOOLS = ("short_conv",)
 RUN_KEYS = (*RUN_INTS, *RUN_FLOATS, *RUN_CHOICES, *RUN_BOOLS)
 MAX_LR = 1.0
+# Rows of the metrics history a run may log: the history is stored in every checkpoint as JSON
+# (about 120 characters a row), which must stay within checkpoint.MAX_TEXT_BYTES.
+MAX_HISTORY_ROWS = 400_000
 
 
 def flag(name):
@@ -55,7 +60,16 @@ def _int(label, name, value, minimum):
 
 def check_run(run, label=flag):
     """Check the options that shape a run (the keys ``RUN_KEYS``); ValueError naming the first
-    bad one as ``label(name)``. Types are checked too, for configs read from a file."""
+    bad one as ``label(name)``. Types are checked too, for configs read from a file.
+
+    Cheapest first: types, ranges and how the options fit together (arithmetic), then memory,
+    and only then the task's own size rules, which draw one sequence of the run's length."""
+    _check_options(run, label)
+    check_memory(run, label)
+    _check_task_sizes(run, label)
+
+
+def _check_options(run, label):
     missing = [name for name in RUN_KEYS if name not in run]
     if missing:
         raise ValueError(f"run: expected every option of {list(RUN_KEYS)}; missing {missing}")
@@ -93,7 +107,6 @@ def check_run(run, label=flag):
     if run["warmup"] > run["steps"]:
         raise ValueError(f"{label('warmup')}: expected 0 <= warmup <= steps = {run['steps']}, "
                          f"got {run['warmup']}")
-    _check_task_sizes(run, label)
     if run["form"] == "parallel":
         entries = run["batch_size"] * run["heads"] * run["seq_len"] ** 2 * run["head_dim"]
         if entries > parallel.MAX_DECAY_ENTRIES:
@@ -134,6 +147,17 @@ def check_session(options, label=flag):
             _int(label, name, options[name], 1)
 
 
+def check_history(run, log_every, label=flag):
+    """The metrics history the run will log (a row every ``log_every`` steps) must fit in its
+    checkpoint (``MAX_HISTORY_ROWS``)."""
+    rows = run["steps"] // log_every + 1
+    if rows > MAX_HISTORY_ROWS:
+        raise ValueError(f"{label('steps')} {run['steps']:,} with {label('log_every')} "
+                         f"{log_every:,}: the metrics history of {rows:,} rows, stored in each "
+                         f"checkpoint, would exceed its limit of {MAX_HISTORY_ROWS:,} rows; "
+                         f"raise {label('log_every')} or lower {label('steps')}")
+
+
 def check_stored_run(path, config, run_keys):
     """The run options stored in checkpoint ``path``, checked as ``check_run`` checks the
     command line (named ``config['key']``); ValueError for a missing, unknown or bad key."""
@@ -160,7 +184,7 @@ def check_stored_run(path, config, run_keys):
 
 
 def check_resume_path(path):
-    """``--resume`` must name an existing checkpoint file."""
+    """``--resume`` must name an existing regular file (a FIFO would block the reader)."""
     if not path:
         raise ValueError("--resume: expected the path of a checkpoint file, got ''")
     if os.path.isdir(path):
@@ -168,6 +192,9 @@ def check_resume_path(path):
                          f"{os.path.join(path, 'checkpoint.npz')}")
     if not os.path.exists(path):
         raise ValueError(f"--resume {path}: no such file")
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume {path}: is not a regular file (a FIFO or a device?); "
+                         f"expected a checkpoint file")
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -258,30 +285,26 @@ def _size(nbytes):
 
 # -- the output folder -----------------------------------------------------------------------
 
-def checkpoint_bytes(run):
+def checkpoint_bytes(run, log_every=1):
     """Bytes of one checkpoint, about: the parameters and AdamW's two moments, plus room for
-    the config, the metrics history and the file's headers."""
-    return 3 * param_bytes(run) + 64 * 1024 + 200 * (run["steps"] + 10)
+    the config, the metrics history (about 500 bytes a row as stored) and the file's headers."""
+    return 3 * param_bytes(run) + 64 * 1024 + 500 * (run["steps"] // log_every + 10)
 
 
-def check_out_folder(out, need_bytes):
-    """Make ``out`` a writable folder with room for ``need_bytes``, or raise ValueError.
+def check_out_folder(out, need_bytes, names=()):
+    """Check that the folder ``out`` (made already, by the run's lock) is writable with room for
+    ``need_bytes``, and that each of ``names`` in it is a regular file if it exists at all;
+    ValueError otherwise.
 
-    Creates the folder (and its parents) if needed, and writes and removes a small probe file,
-    since only a write shows that writing works (permissions, a read-only disk, quotas).
+    Writes and removes a small probe file, since only a write shows that writing works
+    (permissions, a read-only disk, quotas).
     """
-    if not out:
-        raise ValueError("--out: expected a folder name, got ''")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: is a file; expected a folder (it gets checkpoint.npz "
-                         f"and metrics.csv)")
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it")
+    for name in names:  # a folder named checkpoint.npz would fail only at the first save
+        path = os.path.join(out, name)
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise ValueError(f"--out {out}: {path} exists and is not a regular file; the run "
+                             f"writes its {name} there")
     try:
-        os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".gla_np-probe.", suffix=".tmp", dir=out)
         os.close(fd)
         os.unlink(probe)

@@ -18,22 +18,29 @@ mid-save (no cleanup can run then) leaves the temporary file, and the next save 
 Loading checks before it returns anything: a truncated or corrupt file, a missing entry, a
 parameter whose shape or dtype differs from a template, or a config that differs from the
 expected one raises ValueError naming the file and the entry. Loading never modifies anything;
-it returns new dicts.
+it returns new dicts. It reads the zip file itself (not ``np.load``) so that it can check each
+member before it allocates anything for it: a member must be a stored (uncompressed) ``.npy``,
+its header's dtype a plain number (or a string, for the texts) and its shape, times the item
+size, exactly the bytes the member stores, which cannot exceed the file's size. A hostile file
+can therefore not make ``load`` allocate more than its own size (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
+from gla_np._files import open_regular, parse_json
 from gla_np._files import write_atomic  # also checkpoint.write_atomic: train writes its CSV with it
 
 FORMAT = "gla_np-checkpoint-1"
+MAX_TEXT_BYTES = 2 ** 28  # a text entry (config, extra) as stored: 4 bytes a character
 
 
 class Checkpoint(NamedTuple):
@@ -89,6 +96,9 @@ def save(path, *, config, params, opt_state=None, step=0, extra=None):
         extra_json = json.dumps(extra or {}, sort_keys=True)
     except TypeError as err:
         raise ValueError(f"extra: expected JSON-serialisable values ({err})") from None
+    if 4 * len(extra_json) > MAX_TEXT_BYTES:  # load() would refuse it
+        raise ValueError(f"extra: {len(extra_json):,} characters of JSON, more than a "
+                         f"checkpoint holds ({MAX_TEXT_BYTES // 4:,})")
     arrays = {
         "format": np.array(FORMAT),
         "config": np.array(json.dumps(_as_config_dict(config), sort_keys=True)),
@@ -100,80 +110,173 @@ def save(path, *, config, params, opt_state=None, step=0, extra=None):
     write_atomic(path, lambda f: _write_arrays(f, arrays))
 
 
-def _read_all(path):
-    """Every entry of the .npz at ``path`` as a dict; ValueError if it cannot be read whole."""
+def _members(path, f):
+    """``{entry: ZipInfo}`` of the open .npz ``f``, each member checked to be what ``save``
+    writes: an uncompressed ``<entry>.npy`` whose stored size fits in the file."""
+    size = os.fstat(f.fileno()).st_size
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}  # reading each entry checks its CRC
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as err:
+        z = zipfile.ZipFile(f)
+    except zipfile.BadZipFile:
+        raise ValueError(f"checkpoint {path}: not a checkpoint (not a .npz zip file), or "
+                         f"truncated or corrupt") from None
+    except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"checkpoint {path}: truncated or corrupt, cannot be read "
                          f"({type(err).__name__}: {err})") from None
+    members = {}
+    for info in z.infolist():
+        where = f"checkpoint {path}: member {info.filename!r}"
+        if not info.filename.endswith(".npy") or info.filename == ".npy":
+            raise ValueError(f"{where} is not an array (.npy); not a checkpoint")
+        if info.compress_type != zipfile.ZIP_STORED:
+            # save() stores every member as is: a compressed one could inflate to any size
+            raise ValueError(f"{where} is compressed; checkpoints store their arrays "
+                             f"uncompressed")
+        if info.file_size != info.compress_size or info.compress_size > size:
+            raise ValueError(f"{where} claims {info.file_size:,} bytes, but the file has "
+                             f"{size:,}; truncated or corrupt")
+        if info.filename[:-4] in members:
+            raise ValueError(f"{where} appears twice")
+        members[info.filename[:-4]] = info
+    return z, members
 
 
-def _text(path, entries, key):
-    if key not in entries:
+def _npy_header(path, z, info):
+    """``(shape, dtype, fortran_order, data_start)`` of a member, read from its .npy header
+    and checked against the member's stored size, before any of its data is read."""
+    where = f"checkpoint {path}: entry {info.filename[:-4]!r}"
+    try:
+        with z.open(info) as m:
+            version = np.lib.format.read_magic(m)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f"unknown .npy version {version}")
+            shape, fortran, dtype = read(m)
+            start = m.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as err:
+        raise ValueError(f"{where}: not a readable .npy header ({err})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biufU":
+        raise ValueError(f"{where}: dtype {dtype} is not a plain number or string type")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if start + nbytes != info.file_size:
+        raise ValueError(f"{where}: its header claims shape {shape} of {dtype} "
+                         f"({nbytes:,} bytes), but it stores {info.file_size - start:,}; "
+                         f"truncated or corrupt")
+    return shape, dtype, fortran, start
+
+
+def _read_member(path, z, info, header):
+    """The array of a member whose header ``_npy_header`` checked (the zip's CRC too)."""
+    shape, dtype, fortran, start = header
+    flat = np.empty(math.prod(shape), dtype=dtype)
+    view = memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")
+    try:
+        with z.open(info) as m:
+            m.read(start)
+            done = 0
+            while done < len(view):
+                got = m.readinto(view[done:])
+                if not got:
+                    raise EOFError("the member ends early")
+                done += got
+            m.read(1)  # reaching the end checks the CRC
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"checkpoint {path}: truncated or corrupt, entry "
+                         f"{info.filename[:-4]!r} cannot be read ({err})") from None
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _text(path, z, members, key):
+    """A 0-d string entry (format, config, extra), its size checked before it is read."""
+    if key not in members:
         raise ValueError(f"checkpoint {path}: missing entry {key!r}")
-    value = entries[key]
-    if value.ndim != 0 or value.dtype.kind != "U":
+    header = _npy_header(path, z, members[key])
+    shape, dtype = header[:2]
+    if shape != () or dtype.kind != "U":
         raise ValueError(f"checkpoint {path}: entry {key!r} should be a 0-d string, got "
-                         f"{value.dtype} of shape {value.shape}")
-    return str(value)
+                         f"{dtype} of shape {shape}")
+    if dtype.itemsize > MAX_TEXT_BYTES:
+        raise ValueError(f"checkpoint {path}: entry {key!r} holds {dtype.itemsize:,} bytes, "
+                         f"more than the {MAX_TEXT_BYTES:,} a checkpoint's text may hold")
+    return str(_read_member(path, z, members[key], header))
 
 
-def _unpack(path, entries, prefix, like):
-    """The arrays under ``prefix/``; checked against the template ``like`` when given."""
-    found = {key[len(prefix) + 1:]: value for key, value in entries.items()
+def _arrays(path, z, members, prefix, like):
+    """The arrays under ``prefix/``, each checked (names, shapes and dtypes against ``like``
+    when given) from its header before any is read."""
+    found = {key[len(prefix) + 1:]: info for key, info in members.items()
              if key.startswith(prefix + "/")}
-    if like is None:
-        return found
-    for name, template in like.items():
-        if name not in found:
-            raise ValueError(f"checkpoint {path}: missing entry '{prefix}/{name}'")
-        template = np.asarray(template)
-        if found[name].shape != template.shape or found[name].dtype != template.dtype:
-            raise ValueError(f"checkpoint {path}: entry '{prefix}/{name}' has shape "
-                             f"{found[name].shape} and dtype {found[name].dtype}, expected "
-                             f"{template.shape} and {template.dtype}")
-    unexpected = sorted(set(found) - set(like))
-    if unexpected:
-        raise ValueError(f"checkpoint {path}: unexpected entries "
-                         f"{[prefix + '/' + n for n in unexpected]}")
-    return found
+    if like is not None:
+        missing = [name for name in like if name not in found]
+        if missing:
+            raise ValueError(f"checkpoint {path}: missing entry '{prefix}/{missing[0]}'")
+        unexpected = sorted(set(found) - set(like))
+        if unexpected:
+            raise ValueError(f"checkpoint {path}: unexpected entries "
+                             f"{[prefix + '/' + n for n in unexpected]}")
+    headers = {}
+    for name, info in found.items():
+        headers[name] = header = _npy_header(path, z, info)
+        if like is not None:
+            template = like[name]
+            shape, dtype = tuple(np.shape(template)), np.asarray(template).dtype
+            if header[0] != shape or header[1] != dtype:
+                raise ValueError(f"checkpoint {path}: entry '{prefix}/{name}' has shape "
+                                 f"{header[0]} and dtype {header[1]}, expected {shape} and "
+                                 f"{dtype}")
+        elif header[1].kind == "U":
+            raise ValueError(f"checkpoint {path}: entry '{prefix}/{name}' holds strings, "
+                             f"expected numbers")
+    return {name: _read_member(path, z, found[name], headers[name]) for name in found}
 
 
-def load(path, *, config=None, params_like=None, opt_state_like=None):
+def load(path, *, config=None, params_like=None, opt_state_like=None, arrays=True):
     """Read and check a checkpoint written by ``save``; returns a ``Checkpoint``.
 
     config: if given (dict or dataclass), the stored config must equal it; a difference raises
         ValueError naming the differing fields.
     params_like, opt_state_like: if given, dicts of arrays (say, freshly initialised ones); the
         stored entries must have exactly their names, shapes and dtypes.
+    arrays: False reads only the config, the step and the extra (params and opt_state come
+        back empty), so nothing large is allocated before the config has been checked.
+
+    Every member's .npy header is checked before its data is read: its dtype (numbers; strings
+    for the three texts), its shape against the template and its byte count against the bytes
+    the member stores, so a header that claims more than the file holds costs no memory. Only
+    ``path`` being a regular file is accepted (a FIFO is refused, not waited on).
     """
     path = os.fspath(path)
-    entries = _read_all(path)
-    fmt = _text(path, entries, "format")
-    if fmt != FORMAT:
-        raise ValueError(f"checkpoint {path}: entry 'format' is {fmt!r}, expected {FORMAT!r}")
-    try:
-        stored = json.loads(_text(path, entries, "config"))
-        extra = json.loads(_text(path, entries, "extra"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"checkpoint {path}: config or extra is not valid JSON ({err})") from None
-    for key, value in (("config", stored), ("extra", extra)):
-        if not isinstance(value, dict):
-            raise ValueError(f"checkpoint {path}: entry {key!r} should hold a JSON object, got "
-                             f"{type(value).__name__}")
-    if "step" not in entries or entries["step"].shape != () or entries["step"].dtype.kind != "i":
-        raise ValueError(f"checkpoint {path}: missing or malformed entry 'step'")
-    if config is not None:
-        expected = _as_config_dict(config)
-        differ = sorted(k for k in set(expected) | set(stored) if expected.get(k) != stored.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: saved {stored.get(k)!r}, expected {expected.get(k)!r}"
-                               for k in differ)
-            raise ValueError(f"checkpoint {path}: config mismatch ({detail})")
-    params = _unpack(path, entries, "param", params_like)
-    opt_state = _unpack(path, entries, "opt", opt_state_like)
-    return Checkpoint(stored, params, opt_state, int(entries["step"]), extra)
+    with open_regular(path, f"checkpoint {path}") as f:
+        z, members = _members(path, f)
+        with z:
+            fmt = _text(path, z, members, "format")
+            if fmt != FORMAT:
+                raise ValueError(f"checkpoint {path}: entry 'format' is {fmt!r}, expected "
+                                 f"{FORMAT!r}")
+            stored = parse_json(_text(path, z, members, "config"), f"checkpoint {path}: config")
+            extra = parse_json(_text(path, z, members, "extra"), f"checkpoint {path}: extra")
+            for key, value in (("config", stored), ("extra", extra)):
+                if not isinstance(value, dict):
+                    raise ValueError(f"checkpoint {path}: entry {key!r} should hold a JSON "
+                                     f"object, got {type(value).__name__}")
+            header = _npy_header(path, z, members["step"]) if "step" in members else None
+            if header is None or header[0] != () or header[1].kind != "i":
+                raise ValueError(f"checkpoint {path}: missing or malformed entry 'step'")
+            step = int(_read_member(path, z, members["step"], header))
+            if config is not None:
+                expected = _as_config_dict(config)
+                differ = sorted(k for k in set(expected) | set(stored)
+                                if expected.get(k) != stored.get(k))
+                if differ:
+                    detail = ", ".join(f"{k}: saved {stored.get(k)!r}, expected "
+                                       f"{expected.get(k)!r}" for k in differ)
+                    raise ValueError(f"checkpoint {path}: config mismatch ({detail})")
+            unknown = sorted(k for k in members if k not in ("format", "config", "step", "extra")
+                             and not k.startswith(("param/", "opt/")))
+            if unknown:
+                raise ValueError(f"checkpoint {path}: unexpected entries {unknown}")
+            params = opt_state = {}
+            if arrays:
+                params = _arrays(path, z, members, "param", params_like)
+                opt_state = _arrays(path, z, members, "opt", opt_state_like)
+    return Checkpoint(stored, params, opt_state, step, extra)

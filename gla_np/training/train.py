@@ -47,7 +47,7 @@ import numpy as np
 
 from gla_np.layers.model import GLAConfig
 from gla_np.ops import cross_entropy
-from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks
+from gla_np.training import _lock, _train_checks, checkpoint, data_parallel, lm, optim, tasks
 from gla_np.training._train_checks import task_sizes
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
@@ -64,9 +64,21 @@ SESSION_SAVED = ("log_every", "save_every", "threads")
 CHECKPOINT, METRICS = "checkpoint.npz", "metrics.csv"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other refusal of the command (the usage
+    block it would print is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}; see --help\n")
+
+
+def _one_line(text):
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def build_parser():
     """The command line; every option has help text and a default chosen by experiment."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m gla_np.train",
         description="Train a small GLA on a toy sequence task, evaluate it on held-out data, "
                     "write a checkpoint and a metrics CSV.",
@@ -186,8 +198,9 @@ class RunFolder:
         self.metrics = os.path.join(out, METRICS)
         self.good = None  # (path, step) of the last checkpoint written or resumed from
 
-    def write_metrics(self, history):
-        """metrics.csv from ``history``, atomically; nothing while there are no rows."""
+    def write_metrics(self, history, step):
+        """metrics.csv from ``history``, atomically, after ``step`` steps (the step a failure
+        names); nothing while there are no rows."""
         if not history:
             return
         text = io.StringIO()
@@ -197,13 +210,13 @@ class RunFolder:
         try:
             checkpoint.write_atomic(self.metrics, lambda f: f.write(text.getvalue().encode()))
         except OSError as err:
-            raise RunStopped(f"could not write {self.metrics} at step {history[-1][0]} "
+            raise RunStopped(f"could not write {self.metrics} at step {step} "
                              f"({err.strerror or err}); {self.kept()}") from None
 
     def save(self, params, opt_state, step, history, elapsed):
         """The CSV, then the checkpoint: a kill between the two leaves the CSV newer, never
         older, and a resume rewrites it from the checkpoint's own history."""
-        self.write_metrics(history)
+        self.write_metrics(history, step)
         try:
             checkpoint.save(self.checkpoint, config=self.run, params=params,
                             opt_state=opt_state, step=step,
@@ -228,7 +241,9 @@ def resume_command(path):
 
 
 def _load_resume(path, run, params, opt_state):
-    """The state saved in checkpoint ``path``, checked against this run's shapes."""
+    """The state saved in checkpoint ``path``, checked against this run's shapes; every stored
+    value the loop will use is checked here, so a damaged one is refused now, by name, and not
+    met later as a TypeError or as a false divergence."""
     ck = checkpoint.load(path, config=run, params_like=params, opt_state_like=opt_state)
     where = f"checkpoint {path}"
     if ck.step > run["steps"]:
@@ -239,19 +254,57 @@ def _load_resume(path, run, params, opt_state):
     bad = _first_nonfinite(ck.params)
     if bad is not None:
         raise ValueError(f"{where}: entry 'param/{bad}' holds nan or inf")
+    bad = _first_nonfinite(ck.opt_state)
+    if bad is not None:
+        raise ValueError(f"{where}: entry 'opt/{bad}' holds nan or inf")
+    negative = next((key for key, a in ck.opt_state.items()
+                     if key.startswith("v/") and (a < 0).any()), None)
+    if negative is not None:
+        raise ValueError(f"{where}: entry 'opt/{negative}' holds negative values; AdamW's "
+                         f"second moment is an average of squares, >= 0")
     history = ck.extra.get("history", [])
-    if not isinstance(history, list) or not all(
-            isinstance(row, list) and len(row) == len(CSV_FIELDS) and _is_int(row[0])
-            and row[1] in ("train", "heldout") for row in history):
+    if not isinstance(history, list):
         raise ValueError(f"{where}: extra['history']: expected a list of rows of "
                          f"{len(CSV_FIELDS)} values ({', '.join(CSV_FIELDS)})")
+    for i, row in enumerate(history):
+        problem = _history_row_problem(row)
+        if problem:
+            raise ValueError(f"{where}: extra['history'][{i}]: {problem}")
     elapsed = ck.extra.get("elapsed_sec", 0.0)
-    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not elapsed >= 0:
+    if not _is_number(elapsed) or not elapsed >= 0:
         raise ValueError(f"{where}: extra['elapsed_sec']: expected a number >= 0, got "
                          f"{elapsed!r}")
     # rows past the checkpoint's step come from a CSV written after it: drop them
     history = [row for row in history if row[0] <= ck.step]
     return ck.params, ck.opt_state, ck.step, history, float(elapsed)
+
+
+def _history_row_problem(row):
+    """What is wrong with a stored metrics row, or "" if nothing. A training row holds numbers
+    only; a held-out row its loss and accuracy, the per-step columns empty."""
+    if not isinstance(row, list) or len(row) != len(CSV_FIELDS):
+        return (f"expected a row of {len(CSV_FIELDS)} values ({', '.join(CSV_FIELDS)}), got "
+                f"{str(row)[:80]}")
+    values = dict(zip(CSV_FIELDS, row))
+    if not _is_int(values["step"]) or values["step"] < 0:
+        return f"step: expected an integer >= 0, got {values['step']!r}"
+    if values["split"] not in ("train", "heldout"):
+        return f"split: expected 'train' or 'heldout', got {values['split']!r}"
+    blank = ("lr", "grad_norm", "tokens_per_sec") if values["split"] == "heldout" else ()
+    for name in CSV_FIELDS[2:]:
+        value = values[name]
+        if name in blank:
+            if value != "":
+                return f"{name}: expected '' in a held-out row, got {value!r}"
+        elif not _is_number(value) or not math.isfinite(value) or value < 0:
+            return f"{name}: expected a finite number >= 0, got {value!r}"
+    if values["accuracy"] > 1:
+        return f"accuracy: expected a number in [0, 1], got {values['accuracy']!r}"
+    return ""
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value):
@@ -279,7 +332,7 @@ def _print(line):
 
 
 def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=250,
-          threads=None, log=_print, should_stop=None):
+          threads=None, log=_print, should_stop=None, folder_lock=None):
     """Run (or continue) training; returns a dict with the params, metrics and timings.
 
     ``threads`` shards each step's batch over that many threads (None: every core); the shards'
@@ -290,11 +343,23 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
     signal number to stop at, or None; ``main`` wires it to SIGINT and SIGTERM. Raises
     RunStopped when the run stops early (interrupted, diverged, a failed save), after saving
     what can be saved.
+
+    Only one run writes into a folder at a time: ``folder_lock`` is the lock of ``out`` held by
+    the caller (``main`` takes it before it checks the folder); without one, ``train`` takes it
+    here and releases it when it returns (gla_np.training._lock).
     """
     _train_checks.check_run(run)
     threads = data_parallel.default_threads() if threads is None else threads
     _train_checks.check_session({"log_every": log_every, "save_every": save_every,
                                  "stop_after": stop_after, "threads": threads})
+    _train_checks.check_history(run, log_every, label=lambda name: name)
+    if folder_lock is None:
+        with _lock.acquire(out, label="out") as folder_lock:
+            return train(run, out=out, resume=resume, stop_after=stop_after,
+                         log_every=log_every, save_every=save_every, threads=threads, log=log,
+                         should_stop=should_stop, folder_lock=folder_lock)
+    if not folder_lock.held or not _same_file(folder_lock.folder, out):
+        raise ValueError(f"folder_lock: expected the held lock of {out!r}")
     config = model_config(run)
     opt = optim.AdamW(weight_decay=run["weight_decay"])
     params = lm.init_params(config, run["vocab_size"], _rng(run, STREAM_INIT, 0))
@@ -313,7 +378,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
         raise ValueError(f"--stop_after: expected >= {start}, the step the checkpoint is at, "
                          f"got {stop_after}")
     os.makedirs(out, exist_ok=True)
-    folder.write_metrics(history)  # on resume: the CSV matches the checkpoint again
+    folder.write_metrics(history, start)  # on resume: the CSV matches the checkpoint again
     if resume is not None and not history and folder.saved_at(start):
         with contextlib.suppress(FileNotFoundError):  # it can only hold rows past the checkpoint
             os.unlink(folder.metrics)
@@ -351,7 +416,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
                    "tokens_per_sec": ids.size / per_step,
                    "elapsed_sec": elapsed()}
             history.append([row[f] for f in CSV_FIELDS])
-            folder.write_metrics(history)
+            folder.write_metrics(history, step + 1)
             log(f"step {step + 1:>6}/{run['steps']}  loss {loss:.4f}  acc {acc:.3f}  "
                 f"lr {lr:.2e}  gnorm {grad_norm:.2f}  {row['tokens_per_sec']:,.0f} tok/s  "
                 f"left {_format_time(per_step * (stop - step - 1))}")
@@ -447,26 +512,59 @@ class _StopNow(BaseException):
     """A second SIGINT or SIGTERM: stop at once (a save in progress is abandoned cleanly)."""
 
 
-@contextlib.contextmanager
-def _stop_signals():
-    """While active, SIGINT and SIGTERM set a flag that the loop checks between steps; a
-    second one raises _StopNow. Yields the function that reads the flag."""
-    received = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None  # signal handlers can only be set from the main thread
-        return
+class _Stops:
+    """What SIGINT and SIGTERM have asked for, as seen by the handler ``_stop_signals`` sets.
 
-    def handler(signum, frame):
-        if received:
+    Called, it returns the first signal's number or None. The first signal only sets the flag
+    (the loop stops at the next step); the second raises _StopNow, once. After ``silence()``
+    (the command is reporting its outcome and exiting) signals change nothing, so a burst of
+    signals can never raise inside the report or the cleanup.
+    """
+
+    def __init__(self):
+        self.received, self.raised, self.silent = None, False, False
+
+    def __call__(self):
+        return self.received
+
+    def silence(self):
+        self.silent = True
+
+    def handler(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+        elif not (self.raised or self.silent):
+            self.raised = True
             raise _StopNow(signum)
-        received.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+@contextlib.contextmanager
+def _stop_signals(restore=True):
+    """While active, SIGINT and SIGTERM set a flag that the loop checks between steps; a
+    second one raises _StopNow. Yields the ``_Stops`` that reads the flag.
+
+    ``restore`` False keeps the (then silenced) handler after the block: the command's process
+    is exiting, and Python's default handlers would turn a signal arriving now into a
+    KeyboardInterrupt traceback or a death by SIGTERM with the wrong exit status.
+    """
+    stops = _Stops()
+    if threading.current_thread() is not threading.main_thread():
+        yield stops  # signal handlers can only be set from the main thread: none here
+        return
+    previous = {s: signal.signal(s, stops.handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: received[0] if received else None
+        yield stops
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        stops.silence()
+        if restore:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _running_as_command():
+    """True in ``python -m gla_np.train``'s own process (not when main is called from Python)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) in ("gla_np.train", "gla_np.training.train")
 
 
 _UNSET = object()
@@ -481,7 +579,13 @@ def given_options(argv):
 
 
 def prepare(args, given):
-    """Everything checked before training: returns ``(run, out, session)`` or raises ValueError.
+    """Everything checked before training: returns ``(run, out, session, lock)`` or raises
+    ValueError, leaving nothing on disk.
+
+    Cheapest first: the options by arithmetic (sizes, memory) before anything is built; then
+    the lock of the output folder (``_lock.acquire``, which makes the folder), so that what is
+    checked about the folder and the checkpoint stays true while this run writes there; then
+    the checkpoint to resume, and the folder. The caller releases ``lock`` when the run ends.
 
     A new run takes its options from the command line. A resumed run takes them from the
     checkpoint; an option given explicitly must agree with it, even when it equals its default.
@@ -495,44 +599,63 @@ def prepare(args, given):
     if args.resume is None:
         run = {name: getattr(args, name) for name in RUN_OPTIONS}
         _train_checks.check_run(run)
+        _train_checks.check_history(run, args.log_every)
         out = args.out
     else:
         _train_checks.check_resume_path(args.resume)
-        ck = checkpoint.load(args.resume)
-        run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
-        if ck.step > run["steps"]:
-            raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "
-                             f"config['steps'] = {run['steps']}")
-        conflicts = [f"--{n} {getattr(args, n)!r} (checkpoint: {run[n]!r})"
-                     for n in RUN_OPTIONS if n in given and getattr(args, n) != run[n]]
-        if conflicts:
-            raise ValueError(f"--resume: options differ from the checkpoint {args.resume}: "
-                             + ", ".join(conflicts))
-        if args.stop_after is not None and args.stop_after < ck.step:
-            raise ValueError(f"--stop_after: expected >= {ck.step}, the step the checkpoint "
-                             f"is at, got {args.stop_after}")
         out = args.out if "out" in given else (os.path.dirname(args.resume) or os.curdir)
-        for name in SESSION_SAVED:
-            if name not in given and name in ck.extra:
-                session[name] = ck.extra[name]
-        try:
-            _train_checks.check_session(session, label=lambda name: f"extra[{name!r}]")
-        except ValueError as err:
-            raise ValueError(f"checkpoint {args.resume}: {err}") from None
-    _train_checks.check_memory(run)
-    existing = os.path.join(out, CHECKPOINT) if out else ""
-    if os.path.isfile(existing) and not (args.resume and _same_file(existing, args.resume)):
-        if not args.overwrite:
+    if not out:
+        raise ValueError("--out: expected a folder name, got ''")
+    lock = _lock.acquire(out)
+    try:
+        if args.resume is not None:
+            run = _check_resume(args, given, session)
+        existing = os.path.join(out, CHECKPOINT)
+        _train_checks.check_out_folder(
+            out, 2 * _train_checks.checkpoint_bytes(run, session["log_every"]),
+            names=(CHECKPOINT, METRICS))
+        replace = os.path.isfile(existing) and not (args.resume
+                                                    and _same_file(existing, args.resume))
+        if replace and not args.overwrite:
             raise ValueError(f"--out {out}: already holds a checkpoint ({existing}); continue "
                              f"that run with --resume {existing}, or replace it with "
                              f"--overwrite")
-    _train_checks.check_out_folder(out, 2 * _train_checks.checkpoint_bytes(run))
-    if args.overwrite and os.path.isfile(existing) and not (
-            args.resume and _same_file(existing, args.resume)):
-        for name in (CHECKPOINT, METRICS):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(out, name))
-    return run, out, session
+        if replace:
+            for name in (CHECKPOINT, METRICS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(out, name))
+    except BaseException:
+        lock.release()
+        raise
+    return run, out, session, lock
+
+
+def _check_resume(args, given, session):
+    """The run stored in ``--resume``'s checkpoint, checked, with ``session`` completed from
+    it; reads the checkpoint's config and history, not its arrays (``train`` reads those,
+    each checked against the run's shapes)."""
+    ck = checkpoint.load(args.resume, arrays=False)
+    run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
+    if ck.step > run["steps"]:
+        raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "
+                         f"config['steps'] = {run['steps']}")
+    conflicts = [f"--{n} {getattr(args, n)!r} (checkpoint: {run[n]!r})"
+                 for n in RUN_OPTIONS if n in given and getattr(args, n) != run[n]]
+    if conflicts:
+        raise ValueError(f"--resume: options differ from the checkpoint {args.resume}: "
+                         + ", ".join(conflicts))
+    if args.stop_after is not None and args.stop_after < ck.step:
+        raise ValueError(f"--stop_after: expected >= {ck.step}, the step the checkpoint "
+                         f"is at, got {args.stop_after}")
+    for name in SESSION_SAVED:
+        if name not in given and name in ck.extra:
+            session[name] = ck.extra[name]
+    try:
+        _train_checks.check_session(session, label=lambda name: f"extra[{name!r}]")
+    except ValueError as err:
+        raise ValueError(f"checkpoint {args.resume}: {err}") from None
+    _train_checks.check_history(run, session["log_every"])
+    return run
 
 
 def _same_file(a, b):
@@ -546,25 +669,39 @@ def main(argv=None):
     """Parse the command line and train; returns train()'s result dict.
 
     Exits with status 2 and one line for anything refused up front, with 1 when a run diverges
-    or cannot save, with 128 + the signal number when interrupted by SIGINT or SIGTERM.
+    or cannot save, with 128 + the signal number when interrupted by SIGINT or SIGTERM. The
+    output folder is locked from before it is checked until the run ends (gla_np.training.
+    _lock): a second run into it is refused, naming the first.
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    with _stop_signals() as should_stop:
+    held = []  # the folder's lock, once taken
+    with _stop_signals(restore=not _running_as_command()) as stops:
         try:
-            run, out, session = prepare(args, given_options(argv))
-            return train(run, out=out, resume=args.resume, stop_after=args.stop_after,
-                         should_stop=should_stop, **session)
+            try:
+                run, out, session, lock = prepare(args, given_options(argv))
+                held.append(lock)
+                if lock.previous:
+                    _print(f"took over the lock of {out} from a run that ended without "
+                           f"releasing it ({lock.previous})")
+                return train(run, out=out, resume=args.resume, stop_after=args.stop_after,
+                             should_stop=stops, folder_lock=lock, **session)
+            finally:
+                stops.silence()  # from here on no signal raises: the outcome is reported
         except ValueError as err:
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
+            status, message = 2, f"error: {err}"
         except RunStopped as stopped:
-            parser.exit(stopped.status, f"{parser.prog}: {stopped}\n")
+            status, message = stopped.status, str(stopped)
         except _StopNow as now:
             signum = now.args[0]
-            parser.exit(128 + signum, f"{parser.prog}: stopped at once by a second "
-                        f"{signal.Signals(signum).name}; checkpoints on disk are as they "
-                        f"were\n")
+            status, message = 128 + signum, (f"stopped at once by a second "
+                                             f"{signal.Signals(signum).name}; checkpoints on "
+                                             f"disk are as they were")
+        finally:
+            for lock in held:
+                lock.release()
+        parser.exit(status, f"{parser.prog}: {_one_line(message)}\n")
 
 
 def _relaunch_for_threads(argv):
