@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gla_np.training import _lock, checkpoint, data_parallel, train
+from gla_np import _files
+from gla_np.training import checkpoint, data_parallel, train
 from train_cli import refused, tiny
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -26,7 +27,7 @@ def test_a_run_holds_the_lock_while_it_runs_and_removes_it_after(tmp_path):
     def evaluate(*args, **kwargs):  # the lock file is there, locked, during the run
         seen.append(sorted(os.listdir(tmp_path)))
         with pytest.raises(ValueError, match="another run is writing there"):
-            _lock.acquire(str(tmp_path))
+            _files.lock_folder(str(tmp_path))
         return real(*args, **kwargs)
 
     train.evaluate, saved = evaluate, train.evaluate
@@ -34,7 +35,7 @@ def test_a_run_holds_the_lock_while_it_runs_and_removes_it_after(tmp_path):
         train.main(TINY + ["--out", str(tmp_path)])
     finally:
         train.evaluate = saved
-    assert seen == [[_lock.LOCK_NAME, "checkpoint.npz", "metrics.csv"]]
+    assert seen == [[_files.LOCK_NAME, "checkpoint.npz", "metrics.csv"]]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
 
 
@@ -49,13 +50,13 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path
     argv = {"new": TINY + ["--out", str(out)],
             "overwrite": TINY + ["--seed", "1", "--overwrite", "--out", str(out)],
             "resume": ["--resume", str(out / "checkpoint.npz")]}[how]
-    with _lock.acquire(str(out)):  # another run, as far as the folder can tell
+    with _files.lock_folder(str(out)):  # another run, as far as the folder can tell
         err = refused(argv, capsys)
         assert err.startswith(f"--out {out}: another run is writing there (pid {os.getpid()} "
                               f"on ")
         assert err.endswith("wait for it to end, or choose another --out\n")
         assert {name: (out / name).read_bytes() for name in os.listdir(out)
-                if name != _lock.LOCK_NAME} == before  # nothing touched
+                if name != _files.LOCK_NAME} == before  # nothing touched
     assert train.main(argv)["step"] == 4  # once the other has ended, the same command runs
 
 
@@ -72,7 +73,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert (tmp_path / _lock.LOCK_NAME).read_text().startswith(f"pid {proc.pid} on ")
+    assert (tmp_path / _files.LOCK_NAME).read_text().startswith(f"pid {proc.pid} on ")
     done = subprocess.run([sys.executable, "-m", "gla_np.train", "--resume",
                            str(tmp_path / "checkpoint.npz"), "--stop_after", "6"],
                           capture_output=True, text=True, env=ENV, timeout=120)
@@ -80,7 +81,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     assert (f"took over the lock of {tmp_path} from a run that ended without releasing it "
             f"(pid {proc.pid} on ") in done.stdout
     assert checkpoint.load(tmp_path / "checkpoint.npz").step == 6
-    assert _lock.LOCK_NAME not in os.listdir(tmp_path)
+    assert _files.LOCK_NAME not in os.listdir(tmp_path)
 
 
 def _start_together(argvs, folder):
@@ -175,7 +176,7 @@ def test_a_checkpoint_name_taken_by_a_folder_is_refused_before_training(tmp_path
 
 def test_a_symlinked_lock_file_is_refused(tmp_path, capsys):
     (tmp_path / "elsewhere").write_text("keep me\n")
-    os.symlink(tmp_path / "elsewhere", tmp_path / _lock.LOCK_NAME)
+    os.symlink(tmp_path / "elsewhere", tmp_path / _files.LOCK_NAME)
     err = refused(TINY + ["--out", str(tmp_path)], capsys)
     assert err.startswith(f"--out {tmp_path}: cannot write there")
     assert (tmp_path / "elsewhere").read_text() == "keep me\n"
@@ -184,8 +185,8 @@ def test_a_symlinked_lock_file_is_refused(tmp_path, capsys):
 def test_train_called_from_python_takes_the_lock_too(tmp_path):
     run = {name: value for name, value in vars(train.build_parser().parse_args(TINY)).items()
            if name in train.RUN_OPTIONS}
-    with _lock.acquire(str(tmp_path)):
+    with _files.lock_folder(str(tmp_path)):
         with pytest.raises(ValueError, match=r"^out .*: another run is writing there"):
             train.train(run, out=str(tmp_path), threads=1)
     assert train.train(run, out=str(tmp_path), threads=1, log=lambda line: None)["step"] == 4
-    assert _lock.LOCK_NAME not in os.listdir(tmp_path)
+    assert _files.LOCK_NAME not in os.listdir(tmp_path)

@@ -13,7 +13,7 @@ order that costs least: arithmetic on the options before anything is built or wr
 * a checkpoint to resume: that it is a regular file, and that its stored config is complete
   and sane (``check_stored_run``), since a hand-edited or damaged file must give a clear
   ValueError, never a TypeError from deep inside the loop.
-* the output folder, once its lock is held (gla_np.training._lock): it is writable, has room
+* the output folder, once its lock is held (gla_np._files.lock_folder): it is writable, has room
   for two checkpoints (the old one stays until the new one replaces it), and what it holds
   under the run's file names are regular files (``check_out_folder``).
 """

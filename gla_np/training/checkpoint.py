@@ -140,9 +140,10 @@ def _members(path, f):
     return z, members
 
 
-def _npy_header(path, z, info):
+def _npy_header(path, z, info, like=None):
     """``(shape, dtype, fortran_order, data_start)`` of a member, read from its .npy header
-    and checked against the member's stored size, before any of its data is read."""
+    and checked against the template ``like`` (if given) and the member's stored size, before
+    any of its data is read."""
     where = f"checkpoint {path}: entry {info.filename[:-4]!r}"
     try:
         with z.open(info) as m:
@@ -157,6 +158,11 @@ def _npy_header(path, z, info):
         raise ValueError(f"{where}: not a readable .npy header ({err})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biufU":
         raise ValueError(f"{where}: dtype {dtype} is not a plain number or string type")
+    if like is not None:
+        want = tuple(np.shape(like)), np.asarray(like).dtype
+        if (shape, dtype) != want:
+            raise ValueError(f"{where} has shape {shape} and dtype {dtype}, expected {want[0]} "
+                             f"and {want[1]}")
     nbytes = math.prod(shape) * dtype.itemsize
     if start + nbytes != info.file_size:
         raise ValueError(f"{where}: its header claims shape {shape} of {dtype} "
@@ -216,15 +222,8 @@ def _arrays(path, z, members, prefix, like):
                              f"{[prefix + '/' + n for n in unexpected]}")
     headers = {}
     for name, info in found.items():
-        headers[name] = header = _npy_header(path, z, info)
-        if like is not None:
-            template = like[name]
-            shape, dtype = tuple(np.shape(template)), np.asarray(template).dtype
-            if header[0] != shape or header[1] != dtype:
-                raise ValueError(f"checkpoint {path}: entry '{prefix}/{name}' has shape "
-                                 f"{header[0]} and dtype {header[1]}, expected {shape} and "
-                                 f"{dtype}")
-        elif header[1].kind == "U":
+        headers[name] = header = _npy_header(path, z, info, None if like is None else like[name])
+        if header[1].kind == "U":
             raise ValueError(f"checkpoint {path}: entry '{prefix}/{name}' holds strings, "
                              f"expected numbers")
     return {name: _read_member(path, z, found[name], headers[name]) for name in found}

@@ -47,7 +47,8 @@ import numpy as np
 
 from gla_np.layers.model import GLAConfig
 from gla_np.ops import cross_entropy
-from gla_np.training import _lock, _train_checks, checkpoint, data_parallel, lm, optim, tasks
+from gla_np import _files
+from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks
 from gla_np.training._train_checks import task_sizes
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
@@ -346,7 +347,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
 
     Only one run writes into a folder at a time: ``folder_lock`` is the lock of ``out`` held by
     the caller (``main`` takes it before it checks the folder); without one, ``train`` takes it
-    here and releases it when it returns (gla_np.training._lock).
+    here and releases it when it returns (gla_np._files).
     """
     _train_checks.check_run(run)
     threads = data_parallel.default_threads() if threads is None else threads
@@ -354,7 +355,7 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
                                  "stop_after": stop_after, "threads": threads})
     _train_checks.check_history(run, log_every, label=lambda name: name)
     if folder_lock is None:
-        with _lock.acquire(out, label="out") as folder_lock:
+        with _files.lock_folder(out, label="out") as folder_lock:
             return train(run, out=out, resume=resume, stop_after=stop_after,
                          log_every=log_every, save_every=save_every, threads=threads, log=log,
                          should_stop=should_stop, folder_lock=folder_lock)
@@ -583,7 +584,7 @@ def prepare(args, given):
     ValueError, leaving nothing on disk.
 
     Cheapest first: the options by arithmetic (sizes, memory) before anything is built; then
-    the lock of the output folder (``_lock.acquire``, which makes the folder), so that what is
+    the lock of the output folder (``_files.lock_folder``, which makes the folder), so that what is
     checked about the folder and the checkpoint stays true while this run writes there; then
     the checkpoint to resume, and the folder. The caller releases ``lock`` when the run ends.
 
@@ -606,7 +607,7 @@ def prepare(args, given):
         out = args.out if "out" in given else (os.path.dirname(args.resume) or os.curdir)
     if not out:
         raise ValueError("--out: expected a folder name, got ''")
-    lock = _lock.acquire(out)
+    lock = _files.lock_folder(out)
     try:
         if args.resume is not None:
             run = _check_resume(args, given, session)
@@ -670,8 +671,8 @@ def main(argv=None):
 
     Exits with status 2 and one line for anything refused up front, with 1 when a run diverges
     or cannot save, with 128 + the signal number when interrupted by SIGINT or SIGTERM. The
-    output folder is locked from before it is checked until the run ends (gla_np.training.
-    _lock): a second run into it is refused, naming the first.
+    output folder is locked from before it is checked until the run ends (``_files.
+    lock_folder``): a second run into it is refused, naming the first.
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
