@@ -128,7 +128,7 @@ def open_regular(path, where):
     except FileNotFoundError:
         raise ValueError(f"{where}: no such file") from None
     except IsADirectoryError:
-        raise ValueError(f"{where}: is a folder, expected a file") from None
+        raise ValueError(f"{where}: is a folder, expected a regular file") from None
     except OSError as err:
         raise ValueError(f"{where}: cannot be opened ({err.strerror or err})") from None
     mode = os.fstat(fd).st_mode

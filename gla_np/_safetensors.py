@@ -26,11 +26,12 @@ import struct
 
 import numpy as np
 
-from gla_np._files import write_atomic
+from gla_np._files import open_regular, parse_json, write_atomic
 
 DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
           "BF16": np.dtype("<u2")}  # BF16 is read as its bits, then widened to float32
 WRITE_DTYPES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
+MAX_HEADER = 100_000_000  # bytes of JSON header, the reference implementation's limit
 
 
 def _no_duplicates(pairs):
@@ -46,38 +47,46 @@ def read_header(path):
 
     ``begin`` is the tensor's first byte counted from ``start``, the first byte of the data part.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open_regular(path, path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise ValueError(f"{path}: truncated, {size} bytes is shorter than the 8-byte header "
                              f"length")
         (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise ValueError(f"{path}: the header claims {n:,} bytes, more than the "
+                             f"{MAX_HEADER:,} a safetensors header may have")
         if 8 + n > size:
             raise ValueError(f"{path}: truncated or corrupt, the header claims {n} bytes but the "
                              f"file has {size - 8} after the length")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ValueError(f"{path}: the header is not valid JSON ({err})") from None
+    header = parse_json(text, f"{path}: the header", object_pairs_hook=_no_duplicates)
     if not isinstance(header, dict):
         raise ValueError(f"{path}: expected the header to be a JSON object")
-    header.pop("__metadata__", None)
+    if not isinstance(header.pop("__metadata__", {}), dict):
+        raise ValueError(f"{path}: __metadata__ should be a JSON object")
     data_size = size - 8 - n
     entries, spans = {}, []
     for name, entry in header.items():
         where = f"{path}: tensor {name!r}"
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{where}: expected dtype, shape and data_offsets, got {entry!r}")
+            raise ValueError(f"{where}: expected dtype, shape and data_offsets, got "
+                             f"{repr(entry)[:80]}")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise ValueError(f"{where}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ValueError(f"{where}: dtype {str(dtype)[:40]!r} is not one of "
+                             f"{sorted(DTYPES)}")
         ints = (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                         for v in shape + offsets))
         if not ints or offsets[0] > offsets[1]:
-            raise ValueError(f"{where}: bad shape {shape!r} or data_offsets {offsets!r}")
+            raise ValueError(f"{where}: bad shape {repr(shape)[:60]} or data_offsets "
+                             f"{repr(offsets)[:60]}")
         want = math.prod(shape) * DTYPES[dtype].itemsize
         if offsets[1] - offsets[0] != want:
             raise ValueError(f"{where}: the header lies, shape {shape} of {dtype} is {want} "
@@ -101,7 +110,7 @@ def read_header(path):
 def read_tensors(path, entries, start, names, dtype):
     """The tensors ``names`` (already checked by ``read_header``) as arrays of ``dtype``."""
     out = {}
-    with open(path, "rb") as f:
+    with open_regular(path, path) as f:
         for name in names:
             kind, shape, begin = entries[name]
             f.seek(start + begin)

@@ -14,6 +14,15 @@ reshaped for the short convolution's (C, 1, W); ``names`` lists the pairs, and d
 the table. A config key that would change the math in a way gla_np does not implement is
 refused by name, never ignored.
 
+Loading a folder you did not make is safe in the sense of docs/reliability.md: every file read
+must be a regular file of bounded size, every JSON document is nested no deeper than a config
+needs, every config value is type- and range-checked by name, and every size the config implies
+is checked against the tensors the headers declare, and those against the bytes the files hold,
+before anything is allocated. A NaN or inf weight is refused naming its tensor. Symbolic links
+in the folder are followed (Hugging Face's cache is made of them: a snapshot folder links every
+file to a blob elsewhere), so a folder may make ``load`` read any file you can read; what it
+reads is still checked as a config or a safetensors file and never echoed whole.
+
 The safetensors format is read and written by hand (``gla_np._safetensors``, about 150 lines):
 it is an 8-byte length, a JSON header and raw little-endian bytes, which NumPy reads directly.
 The ``safetensors`` package would be a second run-time dependency for that, and its NumPy
@@ -30,7 +39,7 @@ import os
 import numpy as np
 
 from gla_np import _safetensors
-from gla_np._files import write_atomic
+from gla_np._files import parse_json, read_text, write_atomic
 from gla_np.layers import ffn, gla_layer, model
 from gla_np.layers.model import GLAConfig
 from gla_np.training import lm
@@ -81,6 +90,42 @@ HONOURED = {"hidden_size", "expand_k", "expand_v", "hidden_ratio", "intermediate
             "num_hidden_layers", "num_heads", "use_short_conv", "conv_size", "norm_eps",
             "tie_word_embeddings", "vocab_size"}
 
+# What each value gla_np uses must be: "int" (an integer in [1, MAX_SIZE]), "real" (a finite
+# number > 0), "bool"; "?" after the kind allows null too (fla's "not set").
+KINDS = {"hidden_size": "int", "num_hidden_layers": "int", "num_heads": "int",
+         "vocab_size": "int", "conv_size": "int", "intermediate_size": "int?",
+         "expand_k": "real", "expand_v": "real", "hidden_ratio": "real?", "norm_eps": "real",
+         "use_short_conv": "bool", "tie_word_embeddings": "bool", "fuse_norm": "bool"}
+MAX_SIZE = 2 ** 31 - 1  # any one size (a width, a vocabulary, a layer count): far above any model
+MAX_JSON_BYTES = 16 * 2 ** 20  # config.json or the index: a few kB in practice
+
+
+def _short(value):
+    """``repr(value)``, cut to a length a one-line message can carry."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_value(key, value):
+    """ValueError naming ``key`` unless ``value`` is of the kind ``KINDS[key]``."""
+    kind = KINDS[key]
+    if kind.endswith("?"):
+        if value is None:
+            return
+        kind = kind[:-1]
+    if kind == "bool":
+        ok, want = isinstance(value, bool), "true or false"
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SIZE
+        want = f"an integer in [1, {MAX_SIZE}]"
+    else:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and value > 0)
+        want = "a finite number > 0"
+    if not ok:
+        raise ValueError(f"config: {key}={_short(value)}, expected {want}"
+                         + (" or null" if KINDS[key].endswith("?") else ""))
+
 
 def mlp_size(hidden_size, hidden_ratio=None, intermediate_size=None):
     """fla's FFN width: ``intermediate_size``, else the multiple of 256 at or above
@@ -96,36 +141,52 @@ def config_from_fla(fla_config, dtype="float64"):
     if not isinstance(fla_config, dict):
         raise ValueError(f"config: expected a JSON object, got {type(fla_config).__name__}")
     if fla_config.get("model_type") != "gla":
-        raise ValueError(f"config: model_type={fla_config.get('model_type')!r}, expected 'gla'")
+        raise ValueError(f"config: model_type={_short(fla_config.get('model_type'))}, expected "
+                         f"'gla'")
     for key in fla_config:
         if key not in HONOURED and key not in ACCEPTED and key not in REFUSED:
-            raise ValueError(f"config: unknown key {key}={fla_config[key]!r}; gla_np cannot "
+            raise ValueError(f"config: unknown key {_short(key)[1:-1]}={_short(fla_config[key])}; "
+                             f"gla_np cannot "
                              f"tell whether it changes the model, so it refuses it")
     c = {**DEFAULTS, **fla_config}
+    for key in KINDS:
+        _check_value(key, c[key])
     for key, (allowed, why) in REFUSED.items():
         value = c.get(key, allowed)
         ok = value in (None, c["num_heads"]) if key == "num_kv_heads" else value == allowed
         if not ok or (allowed is not None and isinstance(value, bool) != isinstance(allowed, bool)):
-            raise ValueError(f"config: {key}={value!r} is not supported ({why}); expected "
+            raise ValueError(f"config: {key}={_short(value)} is not supported ({why}); expected "
                              f"{allowed!r}")
     if c["attn_mode"] not in ATTN_MODES:
-        raise ValueError(f"config: attn_mode={c['attn_mode']!r}, expected one of {ATTN_MODES}")
+        raise ValueError(f"config: attn_mode={_short(c['attn_mode'])}, expected one of "
+                         f"{ATTN_MODES}")
     D, H = c["hidden_size"], c["num_heads"]
     sizes = {}
     for key, name in (("expand_k", "key"), ("expand_v", "value")):
-        width = int(D * c[key])  # fla's rule: the total width, then split into heads
+        width = D * c[key]  # fla's rule: the total width, then split into heads
+        if not width < MAX_SIZE:  # (D * expand can be inf; int() of it would overflow)
+            raise ValueError(f"config: {key}={c[key]!r} gives a {name} width of {width:g}, "
+                             f"more than {MAX_SIZE}")
+        width = int(width)
         if width < 1 or width % H:
             raise ValueError(f"config: {key}={c[key]!r} gives a {name} width of {width}, not a "
                              f"positive multiple of num_heads={H}")
         sizes[key] = width // H
+    ffn_width = c["intermediate_size"]
+    if ffn_width is None:
+        ratio = 4 if c["hidden_ratio"] is None else c["hidden_ratio"]
+        ffn_width = mlp_size(D, ratio) if D * ratio * 2 / 3 < MAX_SIZE else math.inf
+        if not 1 <= ffn_width <= MAX_SIZE:
+            raise ValueError(f"config: hidden_ratio={c['hidden_ratio']!r} gives an FFN width "
+                             f"of {ffn_width}, expected 1 to {MAX_SIZE}")
     config = GLAConfig(
         embed_dim=D, hidden_size=D, num_layers=c["num_hidden_layers"], num_heads=H,
         head_dim=sizes["expand_k"], value_head_dim=sizes["expand_v"], dropout=0.0,
         gate="vector", gate_rank=GATE_RANK, gate_normalizer=GATE_NORMALIZER, norm="rmsnorm",
         norm_eps=c["norm_eps"], use_short_conv=c["use_short_conv"], conv_size=c["conv_size"],
-        intermediate_size=mlp_size(D, c["hidden_ratio"], c["intermediate_size"]),
+        intermediate_size=ffn_width,
         tie_word_embeddings=c["tie_word_embeddings"], dtype=dtype)
-    return config, c["vocab_size"], bool(c["fuse_norm"])
+    return config, c["vocab_size"], c["fuse_norm"]
 
 
 def names(config, fuse_norm=True):
@@ -167,6 +228,15 @@ def _to_fla_layout(a, layout):
     return a
 
 
+def _fla_shape(shape, layout):
+    """The shape ``_to_fla_layout`` gives an array of ``shape``, computed without one."""
+    if layout == "T":
+        return tuple(reversed(shape))
+    if layout == "conv":
+        return (shape[1], 1, shape[0])  # (W, C) -> (C, 1, W)
+    return tuple(shape)
+
+
 def _from_fla_layout(a, layout):
     if layout == "T":
         return a.T
@@ -197,24 +267,22 @@ def from_fla(tensors, config, fuse_norm=True):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing (expected an fla checkpoint folder)") from None
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    """The JSON document in file ``path`` (a regular file, at most ``MAX_JSON_BYTES``)."""
+    if not os.path.lexists(path):
+        raise ValueError(f"{path}: missing (expected an fla checkpoint folder)")
+    return parse_json(read_text(path, path, MAX_JSON_BYTES), path)
 
 
 def _weight_files(folder):
     """``{file path: names the index assigns to it, or None}`` for a single or sharded folder."""
     single = os.path.join(folder, WEIGHTS)
-    if os.path.isfile(single):
+    if os.path.lexists(single):  # (not isfile: a FIFO or a folder is refused when read)
         return {single: None}
     index = os.path.join(folder, INDEX)
-    if not os.path.isfile(index):
+    if not os.path.lexists(index):
         raise ValueError(f"{folder}: expected {WEIGHTS} or {INDEX}, found neither")
-    weight_map = _read_json(index).get("weight_map")
+    document = _read_json(index)
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: expected a 'weight_map' object")
     files = {}
@@ -230,7 +298,7 @@ def _read_headers(folder):
     """Every tensor's (file, header entry, data start), checked; a name listed twice is refused."""
     found = {}
     for path, listed in _weight_files(folder).items():
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise ValueError(f"{path}: missing (listed in {INDEX})")
         entries, start = _safetensors.read_header(path)
         if listed is not None and set(entries) != listed:
@@ -247,11 +315,15 @@ def load(path, dtype="float64"):
     """``(config, params)`` from an fla GLA checkpoint folder; ``lm.forward(params, ids, config)``
     then gives fla's logits. Tensors stored as F32, F16, BF16 or F64 are read into ``dtype``
     ("float64" or "float32"). Everything is checked before any array is returned: a refused
-    config key, a missing, extra or mis-shaped tensor, a truncated file or a header that lies
-    about its sizes is a ValueError naming it."""
+    config key or value, a missing, extra or mis-shaped tensor, a weight that is nan or inf, a
+    truncated file, a header that lies about its sizes, a file that is not a regular file, is a
+    ValueError naming it (the module docstring says what a hostile folder can and cannot do)."""
     folder = os.fspath(path)
     config, vocab, fuse_norm = config_from_fla(_read_json(os.path.join(folder, CONFIG)), dtype)
     found = _read_headers(folder)
+    if config.num_layers > len(found):  # each layer has 14 tensors or more
+        raise ValueError(f"{folder}: config.json says num_hidden_layers="
+                         f"{config.num_layers}, but the folder holds {len(found)} tensors")
     table = names(config, fuse_norm)
     shapes = param_shapes(config, vocab)
     tied_head = config.tie_word_embeddings and "lm_head.weight" in found
@@ -261,7 +333,7 @@ def load(path, dtype="float64"):
         raise ValueError(f"{folder}: tensors do not match the config: missing {missing}, "
                          f"extra {extra}")
     for fla_name, (name, layout) in table.items():
-        want = _to_fla_layout(np.empty(shapes[name], dtype=np.int8), layout).shape
+        want = _fla_shape(shapes[name], layout)  # sizes compared before anything is allocated
         if found[fla_name][1][1] != want:
             raise ValueError(f"{folder}: tensor {fla_name!r} has shape "
                              f"{list(found[fla_name][1][1])}, expected {list(want)}")
@@ -275,6 +347,9 @@ def load(path, dtype="float64"):
         entries = {n: found[n][1] for n in in_file}
         tensors.update(_safetensors.read_tensors(file, entries, found[in_file[0]][2], in_file,
                                                  np.dtype(config.dtype)))
+    bad = next((name for name, t in tensors.items() if not np.isfinite(t).all()), None)
+    if bad is not None:
+        raise ValueError(f"{folder}: tensor {bad!r} holds nan or inf")
     if tied_head and not np.array_equal(tensors["lm_head.weight"],
                                         tensors["model.embeddings.weight"]):
         raise ValueError(f"{folder}: tie_word_embeddings is true but 'lm_head.weight' differs "

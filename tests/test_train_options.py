@@ -198,3 +198,55 @@ def test_train_called_from_python_names_a_missing_option(tmp_path):
            if name in train.RUN_OPTIONS and name != "eval_batches"}
     with pytest.raises(ValueError, match=r"^run: .* missing \['eval_batches'\]"):
         train.train(run, out=str(tmp_path))
+
+
+# -- cheapest first, one line, nothing left --------------------------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--task", "poetry"], "argument --task: invalid choice: 'poetry'"),
+    (["--colour", "red"], "unrecognized arguments: --colour red"),
+], ids=["not-an-int", "bad-choice", "unknown-option"])
+def test_argparse_errors_are_one_line_pointing_to_help(capsys, argv, fragment):
+    """Regression: argparse printed its 21-line usage block before the error."""
+    err = refused(TINY + argv, capsys)
+    assert fragment in err and err.endswith("; see --help\n")
+
+
+def test_a_history_too_long_for_a_checkpoint_is_refused_up_front(tmp_path, capsys):
+    """Regression: --steps 10**30 was refused as a disk-space problem, after making --out."""
+    out = tmp_path / "run"
+    err = refused(TINY + ["--steps", str(10 ** 30), "--out", str(out)], capsys)
+    assert err.startswith(f"--steps {10 ** 30:,} with --log_every 25: the metrics history of ")
+    assert "raise --log_every or lower --steps" in err
+    assert not out.exists()
+
+
+def test_a_huge_seq_len_is_refused_before_any_sequence_is_built(tmp_path, capsys, monkeypatch):
+    """Regression: --seq_len 10**9 drew a sequence of that length (to check the task's sizes)
+    before the memory check refused it."""
+    built = []
+    monkeypatch.setattr(_train_checks.tasks, "make_batch",
+                        lambda *args, **kwargs: built.append(kwargs) or 1 / 0)
+    monkeypatch.setattr(_train_checks, "available_memory", lambda: 2 ** 30)
+    err = refused(TINY + ["--seq_len", str(10 ** 9), "--out", str(tmp_path / "run")], capsys)
+    assert err.startswith(f"--batch_size 8 with --seq_len {10 ** 9}: one training step needs ")
+    assert built == [] and not (tmp_path / "run").exists()
+
+
+def test_a_failed_csv_write_names_the_step_it_happened_at(tmp_path, capsys, monkeypatch):
+    """Regression: a write failure at step 60 was reported "at step 56" (the last logged row)."""
+    real = checkpoint.write_atomic
+    calls = []
+
+    def fail_second_csv(path, write):
+        calls.append(os.path.basename(path))
+        if calls.count("metrics.csv") == 2:  # at the save of step 3; the last row is step 2
+            raise OSError(28, "No space left on device (simulated)")
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", fail_second_csv)
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--log_every", "2", "--save_every", "3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'metrics.csv'} at step 3 (No space" in err

@@ -126,3 +126,41 @@ def test_a_second_signal_during_a_save_leaves_the_old_checkpoint_whole(tmp_path,
     assert exc.value.code == 130 and "second SIGINT" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]  # no temp file
+
+
+def test_a_signal_while_the_outcome_is_reported_raises_nothing(tmp_path, monkeypatch, capsys):
+    """Regression: a signal burst ended in a traceback after "stopped at once"; here a second
+    SIGINT arrives while the first one's outcome is being reported."""
+    _signal_at(monkeypatch, 2)
+    real_str = train.RunStopped.__str__
+
+    def report_under_fire(self):
+        signal.raise_signal(signal.SIGTERM)
+        return real_str(self)
+
+    monkeypatch.setattr(train.RunStopped, "__str__", report_under_fire)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--steps", "6", "--out", str(tmp_path)])
+    assert exc.value.code == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted by SIGINT at step 3 of 6" in err
+
+
+def test_a_burst_of_signals_exits_in_one_line_without_traceback(tmp_path):
+    env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
+                             "--log_every", "1", "--save_every", "2", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
+                break
+        for i in range(30):  # back to back, SIGINT and SIGTERM mixed
+            proc.send_signal(signal.SIGINT if i % 3 else signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert checkpoint.load(tmp_path / "checkpoint.npz").step >= 2
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
