@@ -133,3 +133,19 @@ def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_bool(name, value):
+    """Check that ``value`` is True or False (not a string such as "no", which is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_cache(cache, kind, forward):
+    """Check that ``cache`` is a ``kind`` (the cache type ``forward`` returns), so that a
+    backward given something else (None, another part's cache) says so by name."""
+    if not isinstance(cache, kind):
+        raise ValueError(f"cache: expected the {kind.__name__} that {forward} returned, got "
+                         f"{type(cache).__name__}")
+    return cache

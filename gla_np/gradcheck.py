@@ -81,8 +81,9 @@ def gradcheck(forward, backward, inputs, *, douts=None, sample=None, eps=1e-6, r
     backward: called as ``backward(dy_1, ..., dy_n, cache)``; returns the gradients of the
               inputs, in the order of ``inputs`` (a tuple), as a dict keyed like ``inputs``,
               or as a lone array when there is one input. ``None`` stands for zero.
-    inputs:   dict name -> float64 array. Wrap non-differentiable arguments (token ids, options)
-              in a lambda.
+    inputs:   dict name -> float64 array (a list of numbers is taken as one), each with at
+              least one entry; the names are forward's keyword arguments. Wrap
+              non-differentiable arguments (token ids, options) in a lambda.
     douts:    optional, one entry per output: an array to use as that output's upstream
               gradient, or None for "no gradient on this output" (passed to backward as None).
               By default every output gets a standard normal upstream gradient.
@@ -190,13 +191,25 @@ def _check_inputs(inputs):
         raise ValueError("inputs: expected a non-empty dict of name -> float64 array")
     out = {}
     for name, x in inputs.items():
+        if not isinstance(name, str):  # forward(**inputs) takes keyword arguments
+            raise ValueError(f"inputs: expected argument names (strings) as keys, got "
+                             f"{name!r}")
         if isinstance(x, np.float64):
             x = np.asarray(x)  # a NumPy float64 scalar becomes a 0-d array
+        if isinstance(x, (list, tuple)):
+            try:  # a list of numbers is an array (of float64: gradcheck's dtype)
+                x = np.asarray(x, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"inputs[{name!r}]: expected a float64 array or a list of "
+                                 f"numbers, got a list that is not one") from None
         if not isinstance(x, np.ndarray):
             raise ValueError(f"inputs[{name!r}]: expected a float64 NumPy array, "
                              f"got {type(x).__name__}")
         if x.dtype != np.float64:
             raise ValueError(f"inputs[{name!r}]: gradcheck runs in float64, got {x.dtype}")
+        if x.size == 0:  # its check would compare nothing and pass
+            raise ValueError(f"inputs[{name!r}]: is empty (shape {x.shape}); there would be "
+                             f"no entry to check")
         if not np.isfinite(x).all():  # else, NaN != NaN, it would look written into later
             raise ValueError(f"inputs[{name!r}]: contains nan or inf; expected finite values")
         out[name] = x

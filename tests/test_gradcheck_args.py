@@ -87,3 +87,20 @@ def test_build_checks_seed_by_name(seed):
         build(embed_dim=4, hidden_size=4, num_layers=1, num_heads=1, head_dim=2, seed=seed)
     assert build(embed_dim=4, hidden_size=4, num_layers=1, num_heads=1, head_dim=2,
                  seed=0).config.num_layers == 1
+
+
+@pytest.mark.parametrize("inputs, match", [
+    ({1: np.ones(2)}, r"inputs: expected argument names \(strings\) as keys, got 1"),
+    ({"x": np.ones((0, 2))}, r"inputs\['x'\]: is empty \(shape \(0, 2\)\)"),
+    ({"x": [[1.0, "a"]]}, r"inputs\['x'\]: expected a float64 array or a list of numbers"),
+], ids=["int-name", "empty", "list-of-text"])
+def test_input_names_and_empty_inputs_are_refused(inputs, match):
+    """Regression: an int name raised TypeError from forward(**inputs), and an empty array
+    passed, having checked nothing."""
+    with pytest.raises(ValueError, match=match):
+        gradcheck(lambda x: (x * 2, None), lambda dy, cache: 2 * dy, inputs)
+
+
+def test_a_list_input_is_taken_as_a_float64_array():
+    report = gradcheck(lambda x: (x * x, x), lambda dy, x: 2 * x * dy, {"x": [1.0, -2.0, 3]})
+    assert report.ok and report.tensors[0].checked == 3

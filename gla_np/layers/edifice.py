@@ -33,7 +33,7 @@ import dataclasses
 
 import numpy as np
 
-from gla_np._checks import check_nonnegative_int, check_positive_int
+from gla_np._checks import check_bool, check_cache, check_nonnegative_int, check_positive_int
 from gla_np.layers import block, gla_layer, model
 from gla_np.layers._params import check_params
 from gla_np.layers.model import GLAConfig
@@ -130,13 +130,16 @@ class GLAPart:
     config: GLAConfig
     params: dict
     module = None  # the module whose forward, backward and step this part calls
+    cache_type = None  # the cache its forward returns
 
     def forward(self, x, *, training=False, rng=None):
         """x (B, T, hidden_size) -> (out, cache), out of x's shape."""
+        check_bool("training", training)
         return self.module.forward(self.params, x, self.config, training=training, rng=rng)
 
     def backward(self, dout, cache):
         """(dx, grads), grads keyed like ``params``."""
+        check_cache(cache, self.cache_type, f"{self.module.__name__.rsplit('.', 1)[-1]}.forward")
         return self.module.backward(dout, cache)
 
     def init_state(self, batch):
@@ -153,12 +156,14 @@ class GLALayer(GLAPart):
     """One GLA layer (pre-norm, token mixer, dropout, residual): ``gla_np.gla_layer``."""
 
     module = gla_layer
+    cache_type = gla_layer.GLALayerCache
 
 
 class GLABlock(GLAPart):
     """One block (GLA layer then SwiGLU feed-forward, each with residual): ``gla_np.block``."""
 
     module = block
+    cache_type = block.BlockCache
 
 
 def build(embed_dim=None, hidden_size=256, num_layers=6, num_heads=4, head_dim=64,

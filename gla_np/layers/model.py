@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_choice, check_positive_int, check_positive_real, check_rate
+from gla_np._checks import (check_bool, check_cache, check_choice, check_positive_int,
+                            check_positive_real, check_rate)
 from gla_np.layers import block, gla_layer
 from gla_np.layers._params import (check_input, check_params, check_upstream, norm_backward,
                             norm_forward, norm_init, norm_shapes, normal, put, take)
@@ -157,6 +158,8 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
     Returns ``(y, cache)``.
     """
     x = check_input("x", x, config.embed_dim, config.dtype)
+    check_bool("training", training)
+    check_bool("return_sequence", return_sequence)
     check_params(params, param_shapes(config), config.dtype)
     h, c_in = x, None
     if config.embed_dim != config.hidden_size:
@@ -180,7 +183,7 @@ def backward(dy, cache):
 
     ``dy`` None means zero; otherwise it must have y's shape and dtype (ValueError otherwise).
     """
-    c = cache
+    c = check_cache(cache, ModelCache, "model.forward")
     B, T, D = c.h_shape
     dt = c.final_norm.op.x_hat.dtype
     dy = check_upstream("dy", dy, (B, T, D) if c.return_sequence else (B, D), dt)
