@@ -41,7 +41,8 @@ RUN_FLOATS = ("lr", "min_lr", "weight_decay", "clip", "dropout")
 RUN_CHOICES = {"task": tuple(sorted(tasks.TASKS)), "form": ("chunk", "parallel", "recurrent"),
                "gate": ("vector", "scalar", "fixed", "none"), "dtype": ("float32", "float64")}
 RUN_BOOLS = ("short_conv",)
-RUN_KEYS = (*RUN_INTS, *RUN_FLOATS, *RUN_CHOICES, *RUN_BOOLS)
+RUN_PATHS = ("text",)  # --task text: the file's absolute path; "" for the other tasks
+RUN_KEYS = (*RUN_INTS, *RUN_FLOATS, *RUN_CHOICES, *RUN_BOOLS, *RUN_PATHS)
 MAX_LR = 1.0
 # Rows of the metrics history a run may log: the history is stored in every checkpoint as JSON
 # (about 120 characters a row), which must stay within checkpoint.MAX_TEXT_BYTES.
@@ -86,6 +87,9 @@ def _check_options(run, label):
     for name in RUN_BOOLS:
         if not isinstance(run[name], bool):
             raise ValueError(f"{label(name)}: expected true or false, got {run[name]!r}")
+    for name in RUN_PATHS:
+        if not isinstance(run[name], str):
+            raise ValueError(f"{label(name)}: expected a path (a string), got {run[name]!r}")
     lr = run["lr"]
     # AdamW moves every weight by about lr per step, whatever the gradient's size; the weights
     # start near 0.02, so a step above 1 can only throw them away (and 1e308 overflows).
@@ -118,7 +122,9 @@ def _check_options(run, label):
 def task_sizes(run):
     """The keyword arguments of the run's task function."""
     sizes = {"seq_len": run["seq_len"], "vocab_size": run["vocab_size"]}
-    if run["task"] in ("mqar", "latest_recall"):
+    if run["task"] == "text":
+        sizes["text"] = run["text"]
+    elif run["task"] in ("mqar", "latest_recall"):
         sizes["num_pairs"] = run["num_pairs"]
     else:
         sizes["num_tokens"] = run["num_tokens"]
@@ -212,6 +218,8 @@ def step_memory(run):
     L, F, V = run["layers"], run["expand"] * run["hidden"], run["vocab_size"]
     n = B * T  # tokens per step
     asked = B * (run["num_pairs"] if run["task"] == "mqar" else run["num_tokens"])  # targets
+    if run["task"] == "text":
+        asked = n  # the next character at every position
     if run["form"] == "recurrent":
         form = 1.5 * L * B * H * (T + 1) * K * K  # every state S_t, kept per layer
     elif run["form"] == "parallel":

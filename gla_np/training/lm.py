@@ -27,16 +27,21 @@ scores start near zero, and on MQAR a 2-layer model sat on its loss plateau (abo
 any value") for about 600 steps instead of about 250 (measured, docs/experiments.md).
 
 Nothing new is derived here: each step's backward is its module's, chained in reverse.
+
+Generation (``gla_np.training.sample``): ``prefill`` reads a prompt with the chunked form and
+returns the state after it; ``step`` then takes one token at a time, (1)-(3) at one position
+with ``model.step``, and ``init_state`` is the state before any token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gla_np._checks import check_array, check_positive_int, values_scanned
-from gla_np.layers import _params, gate, model
+from gla_np.layers import _params, gate, gla_layer, model, short_conv
 from gla_np.layers._params import normal
 from gla_np.ops import cross_entropy, embedding, linear
 
@@ -190,3 +195,51 @@ def forget_gates(params, ids, config):
                             head_dim=K, normalizer=config.gate_normalizer)
         gates.append(g)
     return tuple(gates)
+
+
+# -- generation: one token at a time with a constant-size state ------------------------------
+
+def init_state(config, batch):
+    """The stack's state before the first token (``model.init_state``): per layer the (B, H,
+    K, V) matrix S and, with short convolutions, the last W - 1 inputs of each convolution."""
+    return model.init_state(config, batch)
+
+
+def step(params, ids_t, state, config):
+    """One token per row: ids_t int (B,) -> ``(logits_t (B, V), new_state)``. Inference only.
+
+    (1)-(3) at one position, the stack run by ``model.step``: its time and memory are the same
+    whatever the number of tokens before, since everything they left is in ``state``.
+    """
+    ids_t = np.asarray(ids_t)
+    if ids_t.ndim != 1:
+        raise ValueError(f"ids_t: expected shape (B,), got {ids_t.shape}")
+    x_t, _ = embedding.forward(ids_t, params[EMBEDDING])  # (B, D)
+    h_t, state = model.step(_stack(params), x_t, state, config)  # (B, D)
+    W_head = params[EMBEDDING].T if config.tie_word_embeddings else params[HEAD]  # (D, V)
+    logits_t, _ = linear.forward(h_t, W_head)  # (B, V)
+    return logits_t, state
+
+
+def prefill(params, ids, config):
+    """Read a prompt ids int (B, T) in one pass of the chunked form; returns ``(logits (B, V)
+    at its last position, state after it)``, the state ``step`` continues from.
+
+    The state is what the chunked forward leaves anyway: its last chunk-boundary state
+    ``H_N = S_T`` (the cache keeps every boundary, docs/derivations/recurrence/chunked.md) and,
+    with short convolutions, the last W - 1 inputs of each convolution. It equals the state of
+    ``step`` run over the same tokens to rounding (tests/test_sample.py checks it).
+    """
+    config = dataclasses.replace(config, form="chunk")
+    ids = np.asarray(ids)
+    last = np.zeros(ids.shape, dtype=bool)
+    last[:, -1] = True  # the head runs at the last position only
+    logits, cache = forward(params, ids, config, positions=last)  # (B, V)
+    state = []
+    for c in cache.stack.blocks:
+        S_T = c.attn.core.inner.states[:, :, -1].copy()  # (B, H, K, V)
+        conv = ()
+        if config.use_short_conv:
+            conv = tuple(short_conv.new_prefix(cc) for cc in c.attn.qkv.conv)  # (B, W-1, C)
+        state.append(gla_layer.LayerState(S_T, conv))
+    return logits, tuple(state)

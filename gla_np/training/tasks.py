@@ -54,6 +54,10 @@ gate that wipes key k's memory whenever k is written would wipe it at the query 
 query were the same token. With its own query token the gate can tell a rewrite from a
 question. Why a model without decay cannot do this task (its state is a sum that does not know
 which write came last) and what a K x V state can hold is explained in docs/experiments.md.
+
+Text (``gla_np.training.text``): windows of a UTF-8 file, one token per character, the target
+at every position the next character; the first 90 % of the file is trained on, the rest held
+out.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+
+from gla_np.training import text
 
 IGNORE = -100
 
@@ -218,7 +224,7 @@ def latest_recall(rng, batch_size, *, seq_len=64, num_pairs=8, vocab_size=128):
 
 
 TASKS = {"mqar": mqar, "copying": copying, "selective_copying": selective_copying,
-         "latest_recall": latest_recall}
+         "latest_recall": latest_recall, "text": text.windows}
 
 
 def make_batch(task, rng, batch_size, **sizes):

@@ -24,6 +24,11 @@ stops; a loss or gradient that is not finite stops the run and keeps the last go
 What is refused up front, before any step, is in gla_np._train_checks; docs/reliability.md
 describes all of it from the user's side.
 
+``--task text --text PATH`` trains on a UTF-8 file instead, one token per character
+(gla_np.training.text): the vocabulary is the file's characters, stored with the run, and the
+held-out batches are windows of the file's last 10 %; ``python -m gla_np.sample RUN`` writes
+with the trained model.
+
 The defaults train MQAR (T = 64, 8 key-value pairs, vocabulary 256) to >= 99 % held-out accuracy
 on a 2-core CPU in under five minutes; docs/experiments.md has the measurements.
 """
@@ -48,14 +53,14 @@ import numpy as np
 from gla_np.layers.model import GLAConfig
 from gla_np.ops import cross_entropy
 from gla_np import _files
-from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks
+from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks, text
 from gla_np.training._train_checks import task_sizes
 
 # The options that define a run (stored in the checkpoint; a resume must agree with them).
 RUN_OPTIONS = ("task", "seq_len", "num_pairs", "num_tokens", "vocab_size", "steps", "batch_size",
                "lr", "min_lr", "warmup", "weight_decay", "clip", "form", "gate", "hidden",
                "layers", "heads", "head_dim", "expand", "short_conv", "dropout", "dtype", "seed",
-               "eval_batches")
+               "eval_batches", "text")
 STREAM_DATA, STREAM_DROPOUT, STREAM_EVAL, STREAM_INIT = 0, 1, 2, 3
 CSV_FIELDS = ("step", "split", "loss", "accuracy", "lr", "grad_norm", "tokens_per_sec",
               "elapsed_sec")
@@ -81,7 +86,8 @@ def build_parser():
     """The command line; every option has help text and a default chosen by experiment."""
     p = _Parser(
         prog="python -m gla_np.train",
-        description="Train a small GLA on a toy sequence task, evaluate it on held-out data, "
+        description="Train a small GLA on a toy sequence task or a text file, evaluate it on "
+                    "held-out data, "
                     "write a checkpoint and a metrics CSV.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
@@ -90,7 +96,11 @@ def build_parser():
     a("--num_pairs", type=int, default=8,
       help="MQAR: key-value pairs per sequence; latest_recall: distinct keys per sequence")
     a("--num_tokens", type=int, default=8, help="copying tasks: tokens to copy per sequence")
-    a("--vocab_size", type=int, default=256, help="vocabulary size")
+    a("--vocab_size", type=int, default=256,
+      help="vocabulary size (--task text: the file's number of distinct characters)")
+    a("--text", default="", metavar="PATH",
+      help="--task text: a UTF-8 text file; the first 90%% is trained on, the rest held out "
+           "(default %(default)r: this Python's own pydoc_data/topics.py, the texts of help())")
     a("--steps", type=int, default=1000, help="training steps (one batch each)")
     a("--batch_size", type=int, default=64, help="sequences per batch")
     a("--lr", type=float, default=1.5e-3, help="peak learning rate (AdamW), at most 1")
@@ -149,8 +159,10 @@ def _rng(run, stream, index):
 
 def batch(run, stream, index):
     """The batch number ``index`` of a random stream (training data or held-out data)."""
-    return tasks.make_batch(run["task"], _rng(run, stream, index), run["batch_size"],
-                            **task_sizes(run))
+    sizes = task_sizes(run)
+    if run["task"] == "text":  # held-out windows from the file's last 10 %
+        sizes["split"] = "heldout" if stream == STREAM_EVAL else "train"
+    return tasks.make_batch(run["task"], _rng(run, stream, index), run["batch_size"], **sizes)
 
 
 def _format_time(seconds):
@@ -222,7 +234,7 @@ class RunFolder:
             checkpoint.save(self.checkpoint, config=self.run, params=params,
                             opt_state=opt_state, step=step,
                             extra={"history": history, "elapsed_sec": elapsed,
-                                   **self.session})
+                                   **self.session, **text.stored(self.run)})
         except OSError as err:
             raise RunStopped(f"could not save {self.checkpoint} at step {step} "
                              f"({err.strerror or err}); {self.kept()}") from None
@@ -263,6 +275,7 @@ def _load_resume(path, run, params, opt_state):
     if negative is not None:
         raise ValueError(f"{where}: entry 'opt/{negative}' holds negative values; AdamW's "
                          f"second moment is an average of squares, >= 0")
+    text.check_stored(where, run, ck.extra)
     history = ck.extra.get("history", [])
     if not isinstance(history, list):
         raise ValueError(f"{where}: extra['history']: expected a list of rows of "
@@ -453,8 +466,10 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
     else:
         log(f"the run was already finished and evaluated at step {stop}")
     result.update(heldout_loss=done[2], heldout_accuracy=done[3], train_sec=elapsed())
-    log(f"held-out: loss {done[2]:.4f}  accuracy {done[3]:.4f} ({run['eval_batches']} batches "
-        f"of {run['batch_size']})")
+    bits = f" ({text.bits_per_char(done[2]):.3f} bits per character)" if run["task"] == "text" \
+        else ""
+    log(f"held-out: loss {done[2]:.4f}{bits}  accuracy {done[3]:.4f} ({run['eval_batches']} "
+        f"batches of {run['batch_size']})")
     log(f"wrote {folder.checkpoint} and {folder.metrics}; total {_format_time(elapsed())}")
     return result
 
@@ -599,6 +614,7 @@ def prepare(args, given):
     session = {name: getattr(args, name) for name in SESSION_SAVED}
     if args.resume is None:
         run = {name: getattr(args, name) for name in RUN_OPTIONS}
+        run.update(text.run_options(run, given))  # --task text: the file and its vocabulary
         _train_checks.check_run(run)
         _train_checks.check_history(run, args.log_every)
         out = args.out
@@ -636,6 +652,9 @@ def _check_resume(args, given, session):
     it; reads the checkpoint's config and history, not its arrays (``train`` reads those,
     each checked against the run's shapes)."""
     ck = checkpoint.load(args.resume, arrays=False)
+    ck.config.setdefault("text", "")  # runs saved before --task text existed
+    if args.text:  # compared with the stored absolute path
+        args.text = os.path.abspath(args.text)
     run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
     if ck.step > run["steps"]:
         raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "

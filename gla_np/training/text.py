@@ -1,0 +1,212 @@
+"""A text file as a training task: one token per character, windows of the first 90 % to train
+on, the last 10 % held out.
+
+    vocab    the file's distinct characters, sorted; token i is the character vocab[i]
+    ids      the whole file as tokens                          (N,)
+    train    ids[:split],  split = floor(0.9 N)                training windows come from here
+    heldout  ids[split:]                                       held-out windows come from here
+
+A window starting at s reads T + 1 characters: ``inputs = ids[s : s+T]`` and
+``targets = ids[s+1 : s+T+1]``, the next character at every position (no position is ignored).
+Starts are drawn uniformly from the part, so no training window reads a held-out character.
+The loss is in nats per character; divided by ln 2 it is the bits per character
+(``bits_per_char``), the usual measure of a character model (8 would be a byte spelled out
+bit by bit; about 1 to 2 is what small character models reach on English).
+
+The file is read in place, checked (it must exist, be non-empty, be UTF-8 and hold no NUL
+byte), and kept in memory once per process (``load``). Nothing here downloads anything.
+
+The default text (``default_text``) is ``pydoc_data/topics.py`` of the running Python's standard
+library: the help texts that ``help("for")`` prints, generated from the Python documentation
+and shipped with every CPython (3.10 to 3.13: 745 to 823 kB; Debian's ``/usr/bin/python3`` has
+it in its standard library package). So every machine that runs gla_np has it, no download is
+needed, and nothing of it is committed here. It is English prose with code examples, wrapped in
+Python string literals one line each: a model that learns it shows both, words and layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import math
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from gla_np._checks import check_positive_int
+
+TRAIN_FRACTION = 0.9
+SPLITS = ("train", "heldout")
+
+
+class Corpus(NamedTuple):
+    """A text file as tokens (what ``load`` returns)."""
+
+    path: str  # the absolute path it was read from
+    vocab: str  # its distinct characters, sorted: token i is vocab[i]
+    ids: np.ndarray  # (N,) int64, the whole file as tokens
+    split: int  # floor(0.9 N): ids[:split] is trained on, ids[split:] held out
+    sha256: str  # of the file's bytes: a resumed run checks that its text did not change
+
+
+def default_text():
+    """The path of ``pydoc_data/topics.py`` in this Python's standard library (module
+    docstring), found without importing it; ValueError where this Python lacks it."""
+    spec = importlib.util.find_spec("pydoc_data.topics")
+    path = getattr(spec, "origin", None)
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+        raise ValueError("text: no default text: this Python has no source file "
+                         "pydoc_data/topics.py; give --text PATH (any UTF-8 text file)")
+    return path
+
+
+def load(path):
+    """Read and check the UTF-8 text file ``path``; returns a ``Corpus``. ValueError (one line,
+    starting ``text:``) for a missing, empty, binary or non-UTF-8 file. Cached per process: a
+    file read again is read again only when its size or modification time changed."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"text: expected the path of a UTF-8 text file, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"text: {path}: no such file") from None
+    except OSError as err:
+        raise ValueError(f"text: {path}: cannot be read ({err.strerror or err})") from None
+    if os.path.isdir(path):
+        raise ValueError(f"text: {path} is a folder; expected a UTF-8 text file")
+    return _load(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path, size, mtime_ns):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"text: {path}: cannot be read ({err.strerror or err})") from None
+    if not data:
+        raise ValueError(f"text: {path} is empty; expected a UTF-8 text file")
+    if b"\0" in data:
+        raise ValueError(f"text: {path} holds NUL bytes (the first at offset "
+                         f"{data.index(0)}): a binary file, not UTF-8 text")
+    try:
+        chars = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"text: {path} is not UTF-8 (byte 0x{data[err.start]:02x} at offset "
+                         f"{err.start} cannot be decoded)") from None
+    codes = np.frombuffer(chars.encode("utf-32-le"), dtype="<u4")  # (N,) code points
+    points, ids = np.unique(codes, return_inverse=True)  # sorted distinct code points
+    vocab = "".join(map(chr, points))
+    ids = ids.astype(np.int64).reshape(-1)  # (N,)
+    ids.flags.writeable = False  # shared by every batch of the process
+    return Corpus(path, vocab, ids, int(len(ids) * TRAIN_FRACTION),
+                  hashlib.sha256(data).hexdigest())
+
+
+def encode(vocab, s, name="prompt"):
+    """The tokens of the string ``s`` under ``vocab``, int64 (len(s),); a character that is not
+    in the vocabulary is a ValueError naming ``name``, the character and its position."""
+    table = {ch: i for i, ch in enumerate(vocab)}
+    for i, ch in enumerate(s):
+        if ch not in table:
+            raise ValueError(f"{name}: the character {ch!r} (U+{ord(ch):04X}) at position {i} "
+                             f"is not in the run's vocabulary of {len(vocab)} characters (those "
+                             f"of its training text)")
+    return np.array([table[ch] for ch in s], dtype=np.int64)
+
+
+def decode(vocab, ids):
+    """The string of the tokens ``ids`` (any iterable of ints in [0, len(vocab)))."""
+    return "".join(vocab[int(i)] for i in ids)
+
+
+def bits_per_char(loss):
+    """A loss in nats per character as bits per character: loss / ln 2."""
+    return loss / math.log(2)
+
+
+def windows(rng, batch_size, *, seq_len=64, vocab_size=None, text=None, split="train"):
+    """``batch_size`` windows of ``seq_len`` characters from one part of the text file ``text``
+    (None or "": ``default_text()``; ``split``: "train", the first 90 %, or "heldout", the rest).
+    Returns ``(inputs, targets)``,
+    int64 ``(batch_size, seq_len)``, targets the inputs shifted by one character.
+
+    ``vocab_size``, when given, must be the file's number of distinct characters (the model's
+    vocabulary). Both parts must hold a window of ``seq_len + 1`` characters.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
+    B = check_positive_int("batch_size", batch_size)
+    T = check_positive_int("seq_len", seq_len)
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+    corpus = load(text or default_text())
+    n = len(corpus.vocab)
+    if vocab_size is not None and vocab_size != n:
+        raise ValueError(f"vocab_size: expected {n}, the number of distinct characters in "
+                         f"{corpus.path}, got {vocab_size!r}")
+    shortest = min(corpus.split, len(corpus.ids) - corpus.split)
+    if shortest < T + 1:
+        raise ValueError(f"seq_len: expected at most {shortest - 1} for {corpus.path} (its "
+                         f"{len(corpus.ids):,} characters split 90/10; a window of each part "
+                         f"reads seq_len + 1 of them), got {T}")
+    lo, hi = (0, corpus.split) if split == "train" else (corpus.split, len(corpus.ids))
+    starts = rng.integers(lo, hi - T, size=B)  # (B,): each window ends inside its part
+    rows = starts[:, None] + np.arange(T + 1)  # (B, T + 1)
+    chunk = corpus.ids[rows]  # (B, T + 1)
+    return chunk[:, :-1].copy(), chunk[:, 1:].copy()
+
+
+# -- a text run (gla_np.training.train stores these with the run) ----------------------------
+
+def run_options(run, given=()):
+    """For a new run of ``python -m gla_np.train``: the run's ``text`` (absolute path; the
+    default text when it is "") and ``vocab_size`` (the file's), as a dict to update the run
+    with; for any other task, checks that no ``--text`` was given and returns {}."""
+    if run["task"] != "text":
+        if run["text"] or "text" in given:
+            raise ValueError(f"--text: only read by --task text, got --task {run['task']}")
+        return {}
+    corpus = _flagged(lambda: load(run["text"] or default_text()))
+    n = len(corpus.vocab)
+    if "vocab_size" in given and run["vocab_size"] != n:
+        raise ValueError(f"--vocab_size: with --task text the vocabulary is the {n} distinct "
+                         f"characters of {corpus.path}; leave --vocab_size out, got "
+                         f"{run['vocab_size']}")
+    return {"text": corpus.path, "vocab_size": n}
+
+
+def _flagged(read):
+    try:
+        return read()
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
+
+
+def stored(run):
+    """What a text run saves beside its checkpoint's config: the vocabulary (so that
+    ``python -m gla_np.sample`` needs only the checkpoint) and the file's sha256. {} for any
+    other task."""
+    if run.get("task") != "text":
+        return {}
+    corpus = load(run["text"])
+    return {"vocab": corpus.vocab, "text_sha256": corpus.sha256}
+
+
+def check_stored(where, run, extra):
+    """On resume: the text file still holds what the run was trained on (same bytes, so the
+    same vocabulary and the same windows); ValueError naming ``where`` otherwise."""
+    if run.get("task") != "text":
+        return
+    now = stored(run)
+    for key in ("vocab", "text_sha256"):
+        if not isinstance(extra.get(key), str):
+            raise ValueError(f"{where}: extra[{key!r}]: expected a string (a text run stores "
+                             f"its vocabulary and its text's sha256), got {extra.get(key)!r}")
+    if extra["text_sha256"] != now["text_sha256"]:
+        what = "its vocabulary too" if extra["vocab"] != now["vocab"] else "same vocabulary"
+        raise ValueError(f"{where}: the text {run['text']} changed since the run started "
+                         f"(sha256 differs; {what}); resuming would train on other windows")
