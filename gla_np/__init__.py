@@ -6,8 +6,8 @@ Each module has one path, its file's: ``gla_np.recurrence.chunked``, and names i
 are imported from there (``from gla_np.layers.model import GLAConfig``). The public modules are
 also names of the package, imported as ``from gla_np import chunked`` (the docs' form; the same
 module object). Private modules (``_chunk_tiles``, ``_gla_inputs``, ``_params``,
-``_train_checks``) have only their path in the folder. ``import gla_np.chunked`` or
-``from gla_np.model import GLAConfig`` is no path: it raises ModuleNotFoundError.
+``_train_checks``) have only their path in the folder. ``import gla_np.chunked`` and
+``from gla_np.model import GLAConfig`` name no file, so they raise ModuleNotFoundError.
 
 1. Trusting gradients: ``gradcheck`` (gla_np/gradcheck.py).
 2. Small ops, each a forward/backward pair, in gla_np/ops/: ``linear``, ``sigmoid``, ``swish``,
