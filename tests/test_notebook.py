@@ -26,7 +26,8 @@ FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_notebook", ROOT / "docs" / "make_notebook.py")
+    script = ROOT / "docs" / "make_notebook.py"
+    spec = importlib.util.spec_from_file_location("make_notebook", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
