@@ -16,7 +16,8 @@ import pytest
 import gla_np
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_FILES = sorted([ROOT / "walkthrough.md", ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+DOC_FILES = sorted([ROOT / "walkthrough.md", ROOT / "README.md", ROOT / "CHANGELOG.md",
+                    *(ROOT / "docs").rglob("*.md")])
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 # Code-block languages: python blocks must be doctests; text/math hold formulas.
 # Shell blocks are allowed only in README.md (the install and run commands).
