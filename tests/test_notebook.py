@@ -101,7 +101,9 @@ def test_code_cells_run_in_order_in_a_fresh_namespace_and_print_what_the_page_sh
         got = run_cell(source, namespace)
         want = shown(cell)
         assert checker.check_output(want, got, FLAGS), (
-            f"code cell {number} printed\n{got}\nwhere the page shows\n{want}\nsource:\n{source}")
+            f"code cell {number} printed\n{got}\nwhere the page shows\n{want}\nsource:\n{source}\n"
+            f"(Jupyter displays only a cell's last expression: a value the page shows from inside "
+            f"a with or for block needs its own >>> line; then run python3 docs/make_notebook.py)")
 
 
 def test_a_traceback_on_the_page_is_a_printed_error_in_the_notebook():
