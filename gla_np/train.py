@@ -8,6 +8,12 @@ import sys
 
 from gla_np.training import train as _train
 
+
+def __getattr__(name):
+    raise AttributeError(f"gla_np.train is the training command (python -m gla_np.train) and has "
+                         f"no {name!r}; the training module is gla_np.training.train")
+
+
 if __name__ == "__main__":
     _train._relaunch_for_threads(sys.argv[1:])
     _train.main(sys.argv[1:])

@@ -60,6 +60,8 @@ def test_the_training_command_file_is_not_the_training_module():
     import gla_np.train as command
     from gla_np.training import train
     assert command is not train and not hasattr(command, "main")
+    with pytest.raises(AttributeError, match=r"'main'; the training module is gla_np\.training\."):
+        command.main
 
 
 def test_derivation_pages_mirror_the_folders():
