@@ -69,7 +69,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from gla_np import data_parallel, lm, optim, tasks  # noqa: E402
-from gla_np.layers import gla_layer  # noqa: E402
+from gla_np import gla_layer  # noqa: E402
 from gla_np.layers.model import GLAConfig  # noqa: E402
 from train_step import CONFIGS, VOCAB, cpu_model, time_steps  # noqa: E402  (this script's folder)
 

@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from gla_np import checkpoint, data_parallel, lm, tasks, train  # noqa: E402
+from gla_np import checkpoint, data_parallel, lm, tasks  # noqa: E402
+from gla_np.training import train  # noqa: E402
 
 GATES = ("vector", "scalar", "fixed", "none")
 HEAD_DIMS = (8, 16)

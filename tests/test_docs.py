@@ -16,7 +16,8 @@ import pytest
 import gla_np
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_FILES = sorted([ROOT / "walkthrough.md", ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+DOC_FILES = sorted([ROOT / "walkthrough.md", ROOT / "README.md", ROOT / "CHANGELOG.md",
+                    *(ROOT / "docs").rglob("*.md")])
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 # Code-block languages: python blocks must be doctests; text/math hold formulas.
 # Shell blocks are allowed only in README.md (the install and run commands).
@@ -293,3 +294,40 @@ def test_every_walkthrough_chapter_ends_with_exercises_that_have_solutions():
             f"walkthrough chapter {number} does not link its solutions")
         assert re.search(rf"^## Chapter {number}$", solutions, re.M), (
             f"docs/exercises.md has no solutions for chapter {number}")
+
+
+# --- pages describe the present -----------------------------------------------------------------
+# The walkthrough, the derivation pages and the glossary say what the code does now. What changed
+# and when belongs in CHANGELOG.md: no commit ids, dates or "the earlier code" on these pages.
+
+PRESENT_PAGES = sorted([ROOT / "walkthrough.md", ROOT / "docs" / "notation.md",
+                        *(ROOT / "docs" / "derivations").rglob("*.md")])
+_HISTORY = re.compile(
+    r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b"  # a commit id
+    r"|\b(?:19|20)\d\d-\d\d-\d\d\b"  # a date
+    r"|\bcommit\b|\bearlier (?:code|version|tiling|figure|day|run)\b|\bused to\b"
+    r"|\bthe code used\b|\bof that time\b|\bversion 0\.\d\b|\bon an earlier\b|\bno longer\b",
+    re.I)
+
+
+def test_history_checker_catches_history_and_spares_the_present():
+    found = [m.group() for m in _HISTORY.finditer(
+        "measured on 4d4d03f on 2026-11-30 with the earlier code, which used to pad; no longer")]
+    assert found == ["4d4d03f", "2026-11-30", "earlier code", "used to", "no longer"]
+    assert not _HISTORY.search("T = 4453504 parameters, dtype float32, the earlier key u < t")
+
+
+@pytest.mark.parametrize("path", PRESENT_PAGES, ids=_id)
+def test_pages_describe_the_present(path):
+    found = sorted({m.group() for m in _HISTORY.finditer(path.read_text())})
+    assert not found, f"{_id(path)} holds history (it belongs in CHANGELOG.md): {found}"
+
+
+def test_sums_in_the_chunked_backward_say_their_chunk():
+    # Read over the whole sequence, a sum over t >= r would count the later chunks twice: their
+    # effect is already in E_n. Every sum of the B-steps and the result box names its chunk.
+    text = (ROOT / "docs" / "derivations" / "recurrence" / "chunked.md").read_text()
+    steps = text[text.index("## Backward, line by line in reverse"):text.index("## Worked example")]
+    subscripts = re.findall(r"sum_\{([^}]*)\}", steps)
+    assert len(subscripts) >= 15
+    assert all("chunk" in sub for sub in subscripts), [s for s in subscripts if "chunk" not in s]

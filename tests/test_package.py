@@ -1,55 +1,67 @@
-"""The package map (gla_np/__init__.py): the folders of the reading order, and the flat module
-paths of version 0.1 still naming the same module objects."""
+"""The package map (gla_np/__init__.py): the folders of the reading order, one path per module.
+
+A module's path is its file's (``gla_np.recurrence.chunked``); the public modules are also names
+of the package (``from gla_np import chunked``), private ones are not; flat module paths such as
+``gla_np.chunked`` or ``gla_np.model`` do not import.
+"""
 
 import importlib
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import gla_np
-import gla_np.chunked  # the flat paths of version 0.1, imported the ways users wrote them
-import gla_np.train
-import gla_np.training.train
-from gla_np.model import GLAConfig
-from gla_np.sigmoid import stable_sigmoid
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("ops", "recurrence", "layers", "training")
 
 
-def test_every_old_flat_path_imports_to_the_module_in_its_folder():
-    for group, names in gla_np.FLAT_PATHS_0_1.items():
-        for name in names:
-            old = importlib.import_module(f"gla_np.{name}")
-            new = importlib.import_module(f"gla_np.{group}.{name}")
-            assert old is new, f"gla_np.{name} is not gla_np.{group}.{name}"
-            assert getattr(gla_np, name) is new, f"gla_np has no attribute {name}"
-    assert gla_np.chunked is gla_np.recurrence.chunked
-    assert gla_np.train is gla_np.training.train
-    assert GLAConfig is gla_np.layers.model.GLAConfig
-    assert stable_sigmoid is gla_np.ops.sigmoid.stable_sigmoid
-    assert gla_np.linear is gla_np.ops.linear
+def _modules_on_disk():
+    return [(group, p.stem) for group in GROUPS
+            for p in sorted((ROOT / "gla_np" / group).glob("*.py")) if p.stem != "__init__"]
 
 
-def test_the_flat_paths_list_every_module_of_the_folders():
-    for group in GROUPS:
-        on_disk = {p.stem for p in (ROOT / "gla_np" / group).glob("*.py")} - {"__init__"}
-        # train has its own flat file; text and sample came after 0.1 and have no flat path
-        listed = set(gla_np.FLAT_PATHS_0_1[group]) | (
-            {"train", "text", "sample"} if group == "training" else set())
-        assert on_disk == listed, f"gla_np/{group}: {sorted(on_disk ^ listed)}"
+def test_every_public_module_is_a_name_of_the_package_and_no_private_one_is():
+    for group, name in _modules_on_disk():
+        module = importlib.import_module(f"gla_np.{group}.{name}")
+        if name.startswith("_") or name in ("train", "sample"):  # commands: python -m gla_np.<name>
+            assert getattr(gla_np, name, None) is not module, f"gla_np.{name}: a second path"
+        else:
+            assert getattr(gla_np, name, None) is module, f"gla_np has no name {name}"
 
 
-def test_old_flat_paths_work_in_a_fresh_interpreter():
-    # a fresh process, so the aliases are set by `import gla_np.<name>` alone, not by this suite
-    code = ("import gla_np.model, gla_np.chunked, gla_np.layers.model\n"
-            "from gla_np.sigmoid import stable_sigmoid\n"
-            "import gla_np\n"
-            "assert gla_np.model is gla_np.layers.model and gla_np.chunked.forward\n"
-            "print('ok')")
+@pytest.mark.parametrize("flat", ["gla_np.chunked", "gla_np.model", "gla_np._chunk_tiles",
+                                  "gla_np._train_checks", "gla_np.sigmoid"])
+def test_flat_module_paths_do_not_import(flat):
+    # a fresh process: nothing imported by this suite can put a module under the flat name
+    code = (f"import importlib, sys\nimport gla_np\n"
+            f"try:\n    importlib.import_module({flat!r})\n"
+            f"except ModuleNotFoundError as e:\n    print(e)\n"
+            f"print({flat!r} in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
-    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"No module named {flat!r}", "False"], done.stdout
+
+
+def test_sys_modules_holds_each_module_under_its_file_path_only():
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts)
+             for p in (ROOT / "gla_np").rglob("*.py")}
+    files = {f[: -len(".__init__")] if f.endswith(".__init__") else f for f in files}
+    for name, module in list(sys.modules.items()):
+        if name == "gla_np" or name.startswith("gla_np."):
+            assert name in files, f"sys.modules[{name!r}] is no file of the package"
+            assert module.__name__ == name, f"sys.modules[{name!r}] is {module.__name__}"
+
+
+def test_the_training_command_file_is_not_the_training_module():
+    import gla_np.train as command
+    from gla_np.training import train
+    assert command is not train and not hasattr(command, "main")
+    with pytest.raises(AttributeError, match=r"'main'; the training module is gla_np\.training\."):
+        command.main
 
 
 def test_derivation_pages_mirror_the_folders():

@@ -165,7 +165,7 @@ def test_accuracy_counts_target_positions_only():
 
 def test_train_command_checks_latest_recall_sizes():
     """python -m gla_np.train refuses latest_recall sizes the task cannot lay out, up front."""
-    from gla_np import _train_checks, train
+    from gla_np.training import _train_checks, train
 
     run = {name: value for name, value in vars(train.build_parser().parse_args(
         ["--task", "latest_recall", "--vocab_size", "72"])).items() if name in train.RUN_OPTIONS}

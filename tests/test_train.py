@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gla_np import checkpoint, train
+from gla_np import checkpoint
+from gla_np.training import train
 
 ROOT = str(Path(__file__).resolve().parent.parent)  # the repository, for ``python -m``
 

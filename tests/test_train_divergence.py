@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from gla_np import checkpoint, lm, optim, train
+from gla_np import checkpoint, lm, optim
+from gla_np.training import train
 
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",
         "--hidden", "8", "--layers", "1", "--heads", "2", "--head_dim", "4", "--warmup", "2",

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gla_np import _train_checks, checkpoint, lm, train
+from gla_np import checkpoint, lm
+from gla_np.training import _train_checks, train
 from train_cli import refused, tiny
 
 ROOT = str(Path(__file__).resolve().parent.parent)

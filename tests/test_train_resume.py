@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from gla_np import checkpoint, train
+from gla_np import checkpoint
+from gla_np.training import train
 from train_cli import refused, tiny
 
 TINY = tiny(steps=6)

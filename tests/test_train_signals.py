@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gla_np import checkpoint, data_parallel, train
+from gla_np import checkpoint, data_parallel
+from gla_np.training import train
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 TINY = ["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "8",

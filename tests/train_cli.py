@@ -2,7 +2,7 @@
 
 import pytest
 
-from gla_np import train
+from gla_np.training import train
 
 PREFIX = "python -m gla_np.train: error: "
 

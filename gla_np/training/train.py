@@ -21,7 +21,7 @@ loss and accuracy) at every logged step and before every checkpoint, so the CSV 
 than the checkpoint. Both are written atomically. At the end the model is evaluated on
 ``eval_batches`` held-out batches. Ctrl-C (SIGINT) or SIGTERM saves the last finished step and
 stops; a loss or gradient that is not finite stops the run and keeps the last good checkpoint.
-What is refused up front, before any step, is in gla_np._train_checks; docs/reliability.md
+What is refused up front, before any step, is in gla_np.training._train_checks; docs/reliability.md
 describes all of it from the user's side.
 
 ``--task text --text PATH`` trains on a UTF-8 file instead, one token per character
