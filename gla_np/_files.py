@@ -51,7 +51,7 @@ except ImportError:  # Windows
     fcntl = None
     import msvcrt
 
-MAX_JSON_DEPTH = 32  # gla_np's own files nest at most 4 deep; fla's config.json 3
+MAX_JSON_DEPTH = 32  # gla_np's files and fla's nest at most 3 deep
 
 
 def _temp_name(path):
