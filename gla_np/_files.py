@@ -51,7 +51,7 @@ except ImportError:  # Windows
     fcntl = None
     import msvcrt
 
-MAX_JSON_DEPTH = 32  # gla_np's own files nest at most 4 deep; fla's config.json 3
+MAX_JSON_DEPTH = 32  # gla_np's files and fla's nest at most 3 deep
 
 
 def _temp_name(path):
@@ -297,10 +297,14 @@ def lock_folder(out, label="--out"):
     path = os.path.join(out, LOCK_NAME)
     for _ in range(100):  # each retry means another run released or removed it meanwhile
         made += _make_folders(out, label)
+        flags = (os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o666)
-        except FileNotFoundError:  # the folder was removed meanwhile (a refused run's)
+            try:  # O_EXCL tells whether this run made the file (and must remove it if refused)
+                fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                fd, created = os.open(path, flags), False
+        except FileNotFoundError:  # the folder or the file was removed meanwhile
             continue
         except OSError as err:
             _remove_empty(made)
@@ -309,7 +313,14 @@ def lock_folder(out, label="--out"):
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ValueError(f"{label} {out}: {path} is not a regular file; remove it")
-            if not _try_lock(fd):
+            try:
+                locked = _try_lock(fd)
+            except OSError as err:  # a file system without locks (ENOLCK)
+                if created:
+                    os.unlink(path)
+                raise ValueError(f"{label} {out}: cannot lock {path} ({err.strerror or err}); "
+                                 f"choose another {label}") from None
+            if not locked:
                 holder = _read_holder(fd) or "a run still starting"
                 raise ValueError(f"{label} {out}: another run is writing there ({holder}); "
                                  f"wait for it to end, or choose another {label}")
@@ -325,11 +336,16 @@ def lock_folder(out, label="--out"):
         if now is None or (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
             os.close(fd)  # we locked a file its holder had just deleted: try again
             continue
-        previous = _read_holder(fd) or None
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, (holder_line() + "\n").encode("utf-8"))
-        return FolderLock(out, path, fd, made, previous)
+        lock = FolderLock(out, path, fd, made, _read_holder(fd) or None)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (holder_line() + "\n").encode("utf-8"))
+        except OSError as err:  # a full disk, say
+            lock.release()
+            raise ValueError(f"{label} {out}: cannot write there ({err.strerror or err})") \
+                from None
+        return lock
     _remove_empty(made)
     raise ValueError(f"{label} {out}: could not take the folder's lock {path} (it kept "
                      f"changing hands)")

@@ -251,3 +251,29 @@ def test_damaged_optimizer_moments_are_refused(saved, capsys, key, value, messag
     err = refused(["--resume", str(saved)], capsys)
     assert err == f"checkpoint {saved}: entry '{name[:-4]}' {message}" + (
         ", >= 0\n" if key == "v" else "\n")
+
+
+def test_overlapping_members_are_refused(tmp_path):
+    """Member 'a' stores, as its data, member 'b' whole (its local header and its array): both
+    are valid, and reading both would allocate more than the file, quadratically so with more
+    nesting. The members' stored bytes may not add up to more than the file."""
+    b_npy = _npy(np.zeros(1000, np.float32))
+    b_local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(b_npy),
+                          len(b_npy), len(b_npy), len("b.npy"), 0) + b"b.npy" + b_npy
+    a_npy = _npy(header={"descr": "|u1", "fortran_order": False, "shape": (len(b_local),)},
+                 data=b_local)
+    a_local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(a_npy),
+                          len(a_npy), len(a_npy), len("a.npy"), 0) + b"a.npy" + a_npy
+    b_offset = len(a_local) - len(b_local)
+    central = b""
+    for name, data, offset in (("a.npy", a_npy, 0), ("b.npy", b_npy, b_offset)):
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0,
+                               zlib.crc32(data), len(data), len(data), len(name), 0, 0, 0, 0, 0,
+                               offset) + name.encode()
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 2, 2, len(central), len(a_local), 0)
+    path = tmp_path / "nested.npz"
+    path.write_bytes(a_local + central + end)
+    assert len(np.load(path)["b"]) == 1000  # NumPy reads both members
+    with pytest.raises(ValueError, match=r"its members claim more bytes than the file's "
+                                         r"[0-9,]+; corrupt, or members that overlap$"):
+        checkpoint.load(path)

@@ -20,7 +20,7 @@ TINY = tiny(steps=4)
 ENV = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
 
 
-def test_a_run_holds_the_lock_while_it_runs_and_removes_it_after(tmp_path):
+def test_a_run_holds_the_lock_while_it_runs_and_removes_it_after(tmp_path, monkeypatch):
     seen = []
     real = train.evaluate
 
@@ -30,11 +30,8 @@ def test_a_run_holds_the_lock_while_it_runs_and_removes_it_after(tmp_path):
             _files.lock_folder(str(tmp_path))
         return real(*args, **kwargs)
 
-    train.evaluate, saved = evaluate, train.evaluate
-    try:
-        train.main(TINY + ["--out", str(tmp_path)])
-    finally:
-        train.evaluate = saved
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    train.main(TINY + ["--out", str(tmp_path)])
     assert seen == [[_files.LOCK_NAME, "checkpoint.npz", "metrics.csv"]]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
 
@@ -190,3 +187,15 @@ def test_train_called_from_python_takes_the_lock_too(tmp_path):
             train.train(run, out=str(tmp_path), threads=1)
     assert train.train(run, out=str(tmp_path), threads=1, log=lambda line: None)["step"] == 4
     assert _files.LOCK_NAME not in os.listdir(tmp_path)
+
+
+def test_a_folder_that_cannot_be_locked_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(_files.fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    err = refused(TINY + ["--out", str(out)], capsys)
+    assert err == (f"--out {out}: cannot lock {out / _files.LOCK_NAME} (No locks available); "
+                   f"choose another --out\n")
+    assert os.listdir(tmp_path) == []

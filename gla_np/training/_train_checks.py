@@ -45,8 +45,9 @@ RUN_PATHS = ("text",)  # --task text: the file's absolute path; "" for the other
 RUN_KEYS = (*RUN_INTS, *RUN_FLOATS, *RUN_CHOICES, *RUN_BOOLS, *RUN_PATHS)
 MAX_LR = 1.0
 # Rows of the metrics history a run may log: the history is stored in every checkpoint as JSON
-# (about 120 characters a row), which must stay within checkpoint.MAX_TEXT_BYTES.
-MAX_HISTORY_ROWS = 400_000
+# (at most about 170 characters a row, 4 bytes each), which must stay within
+# checkpoint.MAX_TEXT_BYTES (256 MiB).
+MAX_HISTORY_ROWS = 300_000
 
 
 def flag(name):
@@ -295,8 +296,9 @@ def _size(nbytes):
 
 def checkpoint_bytes(run, log_every=1):
     """Bytes of one checkpoint, about: the parameters and AdamW's two moments, plus room for
-    the config, the metrics history (about 500 bytes a row as stored) and the file's headers."""
-    return 3 * param_bytes(run) + 64 * 1024 + 500 * (run["steps"] // log_every + 10)
+    the config, the metrics history (at most about 700 bytes a row as stored) and the file's
+    headers."""
+    return 3 * param_bytes(run) + 64 * 1024 + 700 * (run["steps"] // log_every + 10)
 
 
 def check_out_folder(out, need_bytes, names=()):

@@ -21,8 +21,9 @@ expected one raises ValueError naming the file and the entry. Loading never modi
 it returns new dicts. It reads the zip file itself (not ``np.load``) so that it can check each
 member before it allocates anything for it: a member must be a stored (uncompressed) ``.npy``,
 its header's dtype a plain number (or a string, for the texts) and its shape, times the item
-size, exactly the bytes the member stores, which cannot exceed the file's size. A hostile file
-can therefore not make ``load`` allocate more than its own size (docs/reliability.md).
+size, exactly the bytes the member stores; the members' stored bytes together cannot exceed the
+file's size (overlapping members would be read twice). A hostile file can therefore not make
+``load`` allocate more than its own size (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _members(path, f):
     except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"checkpoint {path}: truncated or corrupt, cannot be read "
                          f"({type(err).__name__}: {err})") from None
-    members = {}
+    members, stored = {}, 0
     for info in z.infolist():
         where = f"checkpoint {path}: member {info.filename!r}"
         if not info.filename.endswith(".npy") or info.filename == ".npy":
@@ -136,6 +137,10 @@ def _members(path, f):
                              f"{size:,}; truncated or corrupt")
         if info.filename[:-4] in members:
             raise ValueError(f"{where} appears twice")
+        stored += info.compress_size
+        if stored > size:  # members that overlap, each read whole: a zip bomb without deflate
+            raise ValueError(f"checkpoint {path}: its members claim more bytes than the file's "
+                             f"{size:,}; corrupt, or members that overlap")
         members[info.filename[:-4]] = info
     return z, members
 

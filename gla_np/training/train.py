@@ -50,9 +50,9 @@ import warnings
 
 import numpy as np
 
+from gla_np import _files
 from gla_np.layers.model import GLAConfig
 from gla_np.ops import cross_entropy
-from gla_np import _files
 from gla_np.training import _train_checks, checkpoint, data_parallel, lm, optim, tasks, text
 from gla_np.training._train_checks import task_sizes
 
@@ -287,7 +287,7 @@ def _load_resume(path, run, params, opt_state):
     elapsed = ck.extra.get("elapsed_sec", 0.0)
     if not _is_number(elapsed) or not elapsed >= 0:
         raise ValueError(f"{where}: extra['elapsed_sec']: expected a number >= 0, got "
-                         f"{elapsed!r}")
+                         f"{_short(elapsed)}")
     # rows past the checkpoint's step come from a CSV written after it: drop them
     history = [row for row in history if row[0] <= ck.step]
     return ck.params, ck.opt_state, ck.step, history, float(elapsed)
@@ -298,23 +298,29 @@ def _history_row_problem(row):
     only; a held-out row its loss and accuracy, the per-step columns empty."""
     if not isinstance(row, list) or len(row) != len(CSV_FIELDS):
         return (f"expected a row of {len(CSV_FIELDS)} values ({', '.join(CSV_FIELDS)}), got "
-                f"{str(row)[:80]}")
+                f"{_short(row)}")
     values = dict(zip(CSV_FIELDS, row))
     if not _is_int(values["step"]) or values["step"] < 0:
-        return f"step: expected an integer >= 0, got {values['step']!r}"
+        return f"step: expected an integer >= 0, got {_short(values['step'])}"
     if values["split"] not in ("train", "heldout"):
-        return f"split: expected 'train' or 'heldout', got {values['split']!r}"
+        return f"split: expected 'train' or 'heldout', got {_short(values['split'])}"
     blank = ("lr", "grad_norm", "tokens_per_sec") if values["split"] == "heldout" else ()
     for name in CSV_FIELDS[2:]:
         value = values[name]
         if name in blank:
             if value != "":
-                return f"{name}: expected '' in a held-out row, got {value!r}"
+                return f"{name}: expected '' in a held-out row, got {_short(value)}"
         elif not _is_number(value) or not math.isfinite(value) or value < 0:
-            return f"{name}: expected a finite number >= 0, got {value!r}"
+            return f"{name}: expected a finite number >= 0, got {_short(value)}"
     if values["accuracy"] > 1:
         return f"accuracy: expected a number in [0, 1], got {values['accuracy']!r}"
     return ""
+
+
+def _short(value):
+    """``repr(value)``, cut to what a one-line message can carry."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_number(value):
