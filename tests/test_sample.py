@@ -146,3 +146,20 @@ def test_python_m_gla_np_sample_runs(text_run):
                           env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("t") and len(done.stdout) == 1 + 5 + 1
+
+
+def test_the_generation_benchmark_prints_its_rows(tmp_path):
+    out_csv = tmp_path / "g.csv"
+    done = subprocess.run([sys.executable, str(Path(ROOT) / "benchmarks" / "generate.py"),
+                           "--prefixes", "16", "32", "--steps", "2", "--repeats", "1",
+                           "--hidden", "8", "--head_dim", "4", "--heads", "2", "--vocab", "7",
+                           "--csv", str(out_csv)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = out_csv.read_text().splitlines()
+    assert rows[0].startswith("prefix,state_ms,rerun_ms,state_bytes,kv_cache_bytes")
+    # the state: per head a 4 x 4 matrix, plus 3 convolution inputs of 3 x 8; float32
+    state_bytes = (2 * 4 * 4 + 3 * 3 * 8) * 4
+    for line, T in zip(rows[1:], (16, 32), strict=True):
+        prefix, _, _, state, kv = line.split(",")[:5]
+        assert (int(prefix), int(state), int(kv)) == (T, state_bytes, T * (8 + 8) * 4)
