@@ -168,3 +168,6 @@ def test_resume_refuses_a_changed_text(corpus_file, tmp_path, capsys):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert err.endswith(f"the text {corpus_file} changed since the run started (sha256 "
                         f"differs; same vocabulary); resuming would train on other windows\n")
+    os.remove(corpus_file)
+    assert refused(["--resume", ck], capsys) == (
+        f"checkpoint {ck}: config['text']: {corpus_file}: no such file\n")

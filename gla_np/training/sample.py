@@ -121,7 +121,8 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("run", metavar="RUN", help="the run's --out folder, or its checkpoint.npz")
-    a("--prompt", default="\n", help="text to start from (characters of the run's vocabulary)")
+    a("--prompt", default="\n",
+      help="text to start from, in characters of the run's vocabulary (default %(default)r)")
     a("--tokens", type=int, default=500, help="characters to write after the prompt")
     a("--temperature", type=float, default=1.0,
       help="divides the logits; 0 picks the most likely character every time (greedy)")
