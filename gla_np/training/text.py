@@ -207,6 +207,6 @@ def check_stored(where, run, extra):
             raise ValueError(f"{where}: extra[{key!r}]: expected a string (a text run stores "
                              f"its vocabulary and its text's sha256), got {extra.get(key)!r}")
     if extra["text_sha256"] != now["text_sha256"]:
-        what = "its vocabulary too" if extra["vocab"] != now["vocab"] else "same vocabulary"
-        raise ValueError(f"{where}: the text {run['text']} changed since the run started "
-                         f"(sha256 differs; {what}); resuming would train on other windows")
+        chars = "; so do its characters" if extra["vocab"] != now["vocab"] else ""
+        raise ValueError(f"{where}: the text {run['text']} changed since the run started (its "
+                         f"sha256 differs{chars}); resuming would train on other windows")
