@@ -183,3 +183,10 @@ def test_stored_vocabulary_and_hash_are_checked(corpus_file):
     with pytest.raises(ValueError, match=r"^ck: extra\['vocab'\]: expected a string"):
         text.check_stored("ck", run, {"text_sha256": good["text_sha256"]})
     assert text.stored({"task": "mqar", "text": ""}) == {}
+
+
+def test_a_python_without_the_default_text_says_what_to_do(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
+    assert refused(TINY + ["--out", str(tmp_path / "r")], capsys) == (
+        "--text: no default text: this Python has no source file pydoc_data/topics.py; give "
+        "--text PATH (any UTF-8 text file)\n")
