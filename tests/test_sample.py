@@ -163,3 +163,22 @@ def test_the_generation_benchmark_prints_its_rows(tmp_path):
     for line, T in zip(rows[1:], (16, 32), strict=True):
         prefix, _, _, state, kv = line.split(",")[:5]
         assert (int(prefix), int(state), int(kv)) == (T, state_bytes, T * (8 + 8) * 4)
+
+
+def test_ctrl_c_stops_writing_without_a_traceback(text_run, capsys):
+    class Interrupted:  # a terminal whose user presses Ctrl-C after 10 characters
+        written = ""
+
+        def write(self, s):
+            self.written += s
+            if len(self.written) > 10:
+                raise KeyboardInterrupt
+
+        def flush(self):
+            pass
+
+    out = Interrupted()
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run), "--prompt", "the ", "--tokens", "100"], out=out)
+    assert exc.value.code == 130 and len(out.written) == 11
+    assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"

@@ -164,10 +164,16 @@ def main(argv=None, out=None):
         out.write(vocab[token])
         out.flush()
 
-    out.write(args.prompt)
-    ids = generate(params, model_config(run), prompt, args.tokens,
-                   temperature=args.temperature, top_k=args.top_k,
-                   rng=np.random.default_rng(args.seed), on_token=show)
-    out.write("\n")
-    out.flush()
+    try:
+        out.write(args.prompt)
+        ids = generate(params, model_config(run), prompt, args.tokens,
+                       temperature=args.temperature, top_k=args.top_k,
+                       rng=np.random.default_rng(args.seed), on_token=show)
+        out.write("\n")
+        out.flush()
+    except KeyboardInterrupt:  # Ctrl-C: stop writing, no traceback
+        parser.exit(130, f"\n{parser.prog}: interrupted\n")
+    except BrokenPipeError:  # the reader went away (say, | head): stop, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush
+        sys.exit(1)
     return text.decode(vocab, ids)
