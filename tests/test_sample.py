@@ -127,9 +127,14 @@ def test_what_cannot_be_sampled_is_a_one_line_error(text_run, tmp_path, capsys):
     assert _refused([str(tmp_path / "nope")], capsys) == (
         f"RUN {tmp_path / 'nope'}: no such file or folder")
     assert _refused([str(tmp_path)], capsys).startswith(f"RUN {tmp_path}: holds no checkpoint")
-    binary = tmp_path / "binary.npz"
-    binary.write_bytes(b"\0\1\2 not a checkpoint")
-    assert "truncated or corrupt" in _refused([str(binary)], capsys)
+    for name, content in (("empty.npz", b""), ("binary.npz", b"\0\1\2 not a checkpoint"),
+                          ("notes.txt", b"some text")):
+        (tmp_path / name).write_bytes(content)
+        assert _refused([str(tmp_path / name)], capsys).startswith(
+            f"RUN {tmp_path / name}: not a checkpoint (python -m gla_np.train writes ")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes((text_run / "checkpoint.npz").read_bytes()[:300])
+    assert "truncated or corrupt" in _refused([str(truncated)], capsys)
     mqar = tmp_path / "mqar"
     train.main(["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "2",
                 "--hidden", "8", "--heads", "2", "--head_dim", "4", "--warmup", "1",

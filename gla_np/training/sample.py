@@ -96,6 +96,10 @@ def load_run(path):
                              f"of a python -m gla_np.train run, or its checkpoint file")
     elif not os.path.isfile(path):
         raise ValueError(f"RUN {path}: no such file or folder")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
+            raise ValueError(f"RUN {path}: not a checkpoint (python -m gla_np.train writes "
+                             f"{CHECKPOINT}, a NumPy .npz file; this file is not one)")
     ck = checkpoint.load(path)
     ck.config.setdefault("text", "")  # runs saved before --task text existed
     run = _train_checks.check_stored_run(path, ck.config, RUN_OPTIONS)
