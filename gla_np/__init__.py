@@ -16,10 +16,8 @@ Every module is also reachable at its flat path of version 0.1 (``gla_np.linear`
    ``short_conv``, ``gla_layer``, ``ffn``, ``block``, ``model`` (pure functions), and Edifice's
    API in ``edifice``: ``build``, ``output_size``, ``param_count``, ``recommended_defaults``.
 5. Training, in gla_np/training/: ``optim`` (SGD, Adam, AdamW, clipping, schedule), ``tasks``
-   (MQAR, copying, selective copying), ``text`` (a text file, one token per character), ``lm``
-   (the token-level model), ``checkpoint``, ``data_parallel``, the command
-   ``python -m gla_np.train``, and ``sample``, run as ``python -m gla_np.sample`` (a text run
-   writes, one character at a time).
+   (MQAR, copying, selective copying), ``lm`` (the token-level model), ``checkpoint``,
+   ``data_parallel``, and the command ``python -m gla_np.train``.
 6. Checking another GLA implementation: ``testing`` (``reference``, ``assert_close``, hypothesis
    strategies) and ``python -m gla_np.golden`` (golden cases for any language); imported on
    demand, ``from gla_np import testing``.
