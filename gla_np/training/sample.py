@@ -35,7 +35,7 @@ READS = ("chunk", "step")
 
 
 def read_prompt(params, ids, config, how="chunk"):
-    """Run the model over the prompt ids int (T,): returns ``(logits (V,) at its last position,
+    """Run the model over the prompt ids int (T,): returns ``(logits (vocab,) at its last position,
     state after it)``. ``how``: "chunk", one pass of the chunked form (``lm.prefill``), or
     "step", one ``lm.step`` per token from ``lm.init_state``; both give the same state."""
     if how not in READS:
@@ -44,25 +44,25 @@ def read_prompt(params, ids, config, how="chunk"):
     if ids.ndim != 1 or ids.size == 0:
         raise ValueError(f"ids: expected a non-empty 1-d array of tokens, got shape {ids.shape}")
     if how == "chunk":
-        logits, state = lm.prefill(params, ids[None], config)  # (1, V)
+        logits, state = lm.prefill(params, ids[None], config)  # (1, vocab)
     else:
         state = lm.init_state(config, 1)
         for token in ids:
-            logits, state = lm.step(params, np.array([token]), state, config)  # (1, V)
+            logits, state = lm.step(params, np.array([token]), state, config)  # (1, vocab)
     return logits[0], state
 
 
 def pick(logits, temperature, top_k, rng):
-    """The next token from logits (V,): the most likely one when ``temperature`` is 0, else a
+    """The next token from logits (vocab,): the most likely one when ``temperature`` is 0, else a
     draw from ``rng`` with probabilities softmax(logits / temperature) over the ``top_k`` most
     likely tokens (None: all of them)."""
     if temperature == 0:
         return int(np.argmax(logits))
-    z = np.asarray(logits, dtype=np.float64) / temperature  # (V,)
+    z = np.asarray(logits, dtype=np.float64) / temperature  # (vocab,)
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, z.size - top_k)[z.size - top_k]  # the k-th largest
         z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max())  # (V,), <= 1, exactly 0 outside the top k
+    p = np.exp(z - z.max())  # (vocab,), <= 1, exactly 0 outside the top k
     return int(rng.choice(z.size, p=p / p.sum()))
 
 
@@ -82,7 +82,7 @@ def generate(params, config, prompt_ids, num_tokens, *, temperature=1.0, top_k=N
             on_token(token)
         if i + 1 < num_tokens:  # the last token's successor is never asked for
             logits, state = lm.step(params, np.array([token]), state, config)
-            logits = logits[0]  # (V,)
+            logits = logits[0]  # (vocab,)
     return np.array(out, dtype=np.int64)
 
 
