@@ -62,7 +62,7 @@ def _state_bytes(state):
 def _rerun(params, ids, config):
     last = np.zeros(ids.shape, dtype=bool)
     last[:, -1] = True
-    return lm.forward(params, ids, config, positions=last)[0]  # (1, V)
+    return lm.forward(params, ids, config, positions=last)[0]  # (1, vocab)
 
 
 def _peak(fn):
