@@ -127,9 +127,14 @@ def test_what_cannot_be_sampled_is_a_one_line_error(text_run, tmp_path, capsys):
     assert _refused([str(tmp_path / "nope")], capsys) == (
         f"RUN {tmp_path / 'nope'}: no such file or folder")
     assert _refused([str(tmp_path)], capsys).startswith(f"RUN {tmp_path}: holds no checkpoint")
-    binary = tmp_path / "binary.npz"
-    binary.write_bytes(b"\0\1\2 not a checkpoint")
-    assert "truncated or corrupt" in _refused([str(binary)], capsys)
+    for name, content in (("empty.npz", b""), ("binary.npz", b"\0\1\2 not a checkpoint"),
+                          ("notes.txt", b"some text")):
+        (tmp_path / name).write_bytes(content)
+        assert _refused([str(tmp_path / name)], capsys).startswith(
+            f"RUN {tmp_path / name}: not a checkpoint (python -m gla_np.train writes ")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes((text_run / "checkpoint.npz").read_bytes()[:300])
+    assert "truncated or corrupt" in _refused([str(truncated)], capsys)
     mqar = tmp_path / "mqar"
     train.main(["--seq_len", "16", "--num_pairs", "2", "--vocab_size", "16", "--batch_size", "2",
                 "--hidden", "8", "--heads", "2", "--head_dim", "4", "--warmup", "1",
@@ -146,3 +151,39 @@ def test_python_m_gla_np_sample_runs(text_run):
                           env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("t") and len(done.stdout) == 1 + 5 + 1
+
+
+def test_the_generation_benchmark_prints_its_rows(tmp_path):
+    out_csv = tmp_path / "g.csv"
+    done = subprocess.run([sys.executable, str(Path(ROOT) / "benchmarks" / "generate.py"),
+                           "--prefixes", "16", "32", "--steps", "2", "--repeats", "1",
+                           "--hidden", "8", "--head_dim", "4", "--heads", "2", "--vocab", "7",
+                           "--csv", str(out_csv)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = out_csv.read_text().splitlines()
+    assert rows[0].startswith("prefix,state_ms,rerun_ms,state_bytes,kv_cache_bytes")
+    # the state: per head a 4 x 4 matrix, plus 3 convolution inputs of 3 x 8; float32
+    state_bytes = (2 * 4 * 4 + 3 * 3 * 8) * 4
+    for line, T in zip(rows[1:], (16, 32), strict=True):
+        prefix, _, _, state, kv = line.split(",")[:5]
+        assert (int(prefix), int(state), int(kv)) == (T, state_bytes, T * (8 + 8) * 4)
+
+
+def test_ctrl_c_stops_writing_without_a_traceback(text_run, capsys):
+    class Interrupted:  # a terminal whose user presses Ctrl-C after 10 characters
+        written = ""
+
+        def write(self, s):
+            self.written += s
+            if len(self.written) > 10:
+                raise KeyboardInterrupt
+
+        def flush(self):
+            pass
+
+    out = Interrupted()
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run), "--prompt", "the ", "--tokens", "100"], out=out)
+    assert exc.value.code == 130 and len(out.written) == 11
+    assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"

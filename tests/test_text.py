@@ -166,5 +166,27 @@ def test_resume_refuses_a_changed_text(corpus_file, tmp_path, capsys):
         train.main(["--resume", ck])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
-    assert err.endswith(f"the text {corpus_file} changed since the run started (sha256 "
-                        f"differs; same vocabulary); resuming would train on other windows\n")
+    assert err.endswith(f"the text {corpus_file} changed since the run started (its sha256 "
+                        f"differs); resuming would train on other windows\n")
+    os.remove(corpus_file)
+    assert refused(["--resume", ck], capsys) == (
+        f"checkpoint {ck}: config['text']: {corpus_file}: no such file\n")
+
+
+def test_stored_vocabulary_and_hash_are_checked(corpus_file):
+    run = {"task": "text", "text": corpus_file}
+    good = text.stored(run)
+    text.check_stored("ck", run, good)  # the same file: accepted
+    with pytest.raises(ValueError, match=r"^ck: the text .* \(its sha256 differs; so do its "
+                                         r"characters\); resuming would train on other windows$"):
+        text.check_stored("ck", run, {"vocab": "xyz", "text_sha256": "0" * 64})
+    with pytest.raises(ValueError, match=r"^ck: extra\['vocab'\]: expected a string"):
+        text.check_stored("ck", run, {"text_sha256": good["text_sha256"]})
+    assert text.stored({"task": "mqar", "text": ""}) == {}
+
+
+def test_a_python_without_the_default_text_says_what_to_do(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
+    assert refused(TINY + ["--out", str(tmp_path / "r")], capsys) == (
+        "--text: no default text: this Python has no source file pydoc_data/topics.py; give "
+        "--text PATH (any UTF-8 text file)\n")

@@ -17,6 +17,11 @@ The figures:
 - ``training-curve.svg``: loss and accuracy against step, drawn from a run's ``metrics.csv``
   (``python -m gla_np.train`` writes one); the committed figure is drawn from
   ``docs/figures/data/mqar-default-metrics.csv``, the metrics of the default run.
+- ``text-training-curve.svg``: the same for the text run of docs/generation.md, from
+  ``docs/figures/data/text-default-metrics.csv``.
+- ``generation.svg``: time per generated token and memory per sequence against the prefix
+  length, the state against re-running the chunked form and against a softmax-attention KV
+  cache, from ``docs/figures/data/generation.csv`` (``benchmarks/generate.py --csv`` writes it).
 
 The output is deterministic: running the script again rewrites the same bytes, and
 tests/test_docs.py checks that the committed figures are what the script draws.
@@ -330,6 +335,74 @@ def curve_svg(path, title=None):
     return svg.render()
 
 
+# --- generation (benchmarks/generate.py) -------------------------------------------------------
+
+TEXT_METRICS = HERE / "data" / "text-default-metrics.csv"
+GENERATION = HERE / "data" / "generation.csv"
+GEN_COLORS = {"state": "#3d85c6", "grows": "#cc4125"}
+
+
+def read_generation(path):
+    """The columns of benchmarks/generate.py's CSV as arrays, by name."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return {name: np.array([float(r[name]) for r in rows]) for name in rows[0]}
+
+
+def _log_panel(svg, x0, y0, pw, ph, xs, series, title, unit):
+    """One log-log panel: series is [(label, ys, color)] against xs (powers of two)."""
+    ys_all = np.concatenate([ys for _, ys, _ in series])
+    lo = 10.0 ** np.floor(np.log10(ys_all.min()))
+    hi = 10.0 ** np.ceil(np.log10(ys_all.max()))
+    lx0, lx1 = np.log2(xs[0]), np.log2(xs[-1])
+
+    def px(x):
+        return x0 + pw * (np.log2(x) - lx0) / (lx1 - lx0)
+
+    def py(y):
+        return y0 + ph * (1 - (np.log10(y) - np.log10(lo)) / (np.log10(hi) - np.log10(lo)))
+
+    svg.text(x0 + pw / 2, y0 - 10, title, size=13, anchor="middle", weight="bold")
+    svg.rect(x0, y0, pw, ph, "none", "#888", 1.0)
+    decade = lo
+    while decade <= hi * 1.0001:
+        svg.line(x0, py(decade), x0 + pw, py(decade), "#eeeeee", 1.0)
+        svg.text(x0 - 6, py(decade) + 4, f"{decade:g} {unit}", size=11, anchor="end")
+        decade *= 10
+    for x in xs:
+        svg.text(px(x), y0 + ph + 16, f"{int(x)}", size=11, anchor="middle")
+    svg.text(x0 + pw / 2, y0 + ph + 34, "prefix length (tokens before the new one)", size=11,
+             anchor="middle", fill="#444")
+    for label, ys, color in series:
+        svg.polyline([(px(x), py(y)) for x, y in zip(xs, ys)], color)
+        for x, y in zip(xs, ys):
+            svg.rect(px(x) - 3, py(y) - 3, 6, 6, color)
+        svg.text(px(xs[-1]) - 4, py(ys[-1]) - 8, label, size=11, anchor="end", fill=color)
+
+
+def generation_svg(path=GENERATION):
+    """Time per new token and memory per sequence against the prefix length (log-log)."""
+    g = read_generation(path)
+    xs = g["prefix"]
+    W, H, left, top, pw, ph, gap = 900, 400, 90, 70, 310, 250, 130
+    svg = Svg(W, H)
+    svg.text(20, 26, "One more token after a prefix: GLA's fixed-size state against what grows "
+             "with the prefix", size=15, weight="bold")
+    _log_panel(svg, left, top, pw, ph, xs,
+               [("re-run the chunked form", g["rerun_ms"], GEN_COLORS["grows"]),
+                ("state: lm.step", g["state_ms"], GEN_COLORS["state"])],
+               "time per new token", "ms")
+    _log_panel(svg, left + pw + gap, top, pw, ph, xs,
+               [("softmax KV cache", g["kv_cache_bytes"] / 1024, GEN_COLORS["grows"]),
+                ("GLA state", g["state_bytes"] / 1024, GEN_COLORS["state"])],
+               "memory kept per sequence", "KiB")
+    svg.text(20, H - 12, "benchmarks/generate.py: batch 1, float32, the default text run's model "
+             "(width 64, one layer, K = V = 64); data/generation.csv", size=11, fill="#666")
+    return svg.render()
+
+
 # --- the gate experiments (experiments/gates.py) -------------------------------------------------
 
 GATE_RESULTS = HERE / "data" / "gates-results.csv"
@@ -539,7 +612,11 @@ def main(argv=None):
                "training-curve.svg": curve_svg(DEFAULT_METRICS, "MQAR, the default run of "
                                                "python -m gla_np.train"),
                "gates-capacity.svg": gates_capacity_svg(), "gates-length.svg": gates_length_svg(),
-               "forget-gates.svg": forget_gates_svg()}
+               "forget-gates.svg": forget_gates_svg(),
+               "text-training-curve.svg": curve_svg(TEXT_METRICS, "Characters of Python's "
+                                                    "pydoc_data/topics.py: python -m gla_np.train "
+                                                    "--task text"),
+               "generation.svg": generation_svg()}
     written = []
     for name, text in figures.items():
         write(folder / name, text)

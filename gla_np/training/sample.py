@@ -35,7 +35,7 @@ READS = ("chunk", "step")
 
 
 def read_prompt(params, ids, config, how="chunk"):
-    """Run the model over the prompt ids int (T,): returns ``(logits (V,) at its last position,
+    """Run the model over the prompt ids int (T,): returns ``(logits (vocab,) at its last position,
     state after it)``. ``how``: "chunk", one pass of the chunked form (``lm.prefill``), or
     "step", one ``lm.step`` per token from ``lm.init_state``; both give the same state."""
     if how not in READS:
@@ -44,25 +44,25 @@ def read_prompt(params, ids, config, how="chunk"):
     if ids.ndim != 1 or ids.size == 0:
         raise ValueError(f"ids: expected a non-empty 1-d array of tokens, got shape {ids.shape}")
     if how == "chunk":
-        logits, state = lm.prefill(params, ids[None], config)  # (1, V)
+        logits, state = lm.prefill(params, ids[None], config)  # (1, vocab)
     else:
         state = lm.init_state(config, 1)
         for token in ids:
-            logits, state = lm.step(params, np.array([token]), state, config)  # (1, V)
+            logits, state = lm.step(params, np.array([token]), state, config)  # (1, vocab)
     return logits[0], state
 
 
 def pick(logits, temperature, top_k, rng):
-    """The next token from logits (V,): the most likely one when ``temperature`` is 0, else a
+    """The next token from logits (vocab,): the most likely one when ``temperature`` is 0, else a
     draw from ``rng`` with probabilities softmax(logits / temperature) over the ``top_k`` most
     likely tokens (None: all of them)."""
     if temperature == 0:
         return int(np.argmax(logits))
-    z = np.asarray(logits, dtype=np.float64) / temperature  # (V,)
+    z = np.asarray(logits, dtype=np.float64) / temperature  # (vocab,)
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, z.size - top_k)[z.size - top_k]  # the k-th largest
         z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max())  # (V,), <= 1, exactly 0 outside the top k
+    p = np.exp(z - z.max())  # (vocab,), <= 1, exactly 0 outside the top k
     return int(rng.choice(z.size, p=p / p.sum()))
 
 
@@ -82,7 +82,7 @@ def generate(params, config, prompt_ids, num_tokens, *, temperature=1.0, top_k=N
             on_token(token)
         if i + 1 < num_tokens:  # the last token's successor is never asked for
             logits, state = lm.step(params, np.array([token]), state, config)
-            logits = logits[0]  # (V,)
+            logits = logits[0]  # (vocab,)
     return np.array(out, dtype=np.int64)
 
 
@@ -96,6 +96,10 @@ def load_run(path):
                              f"of a python -m gla_np.train run, or its checkpoint file")
     elif not os.path.isfile(path):
         raise ValueError(f"RUN {path}: no such file or folder")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
+            raise ValueError(f"RUN {path}: not a checkpoint (python -m gla_np.train writes "
+                             f"{CHECKPOINT}, a NumPy .npz file; this file is not one)")
     ck = checkpoint.load(path)
     ck.config.setdefault("text", "")  # runs saved before --task text existed
     run = _train_checks.check_stored_run(path, ck.config, RUN_OPTIONS)
@@ -121,7 +125,8 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("run", metavar="RUN", help="the run's --out folder, or its checkpoint.npz")
-    a("--prompt", default="\n", help="text to start from (characters of the run's vocabulary)")
+    a("--prompt", default="\n",
+      help="text to start from, in characters of the run's vocabulary (default %(default)r)")
     a("--tokens", type=int, default=500, help="characters to write after the prompt")
     a("--temperature", type=float, default=1.0,
       help="divides the logits; 0 picks the most likely character every time (greedy)")
@@ -163,10 +168,16 @@ def main(argv=None, out=None):
         out.write(vocab[token])
         out.flush()
 
-    out.write(args.prompt)
-    ids = generate(params, model_config(run), prompt, args.tokens,
-                   temperature=args.temperature, top_k=args.top_k,
-                   rng=np.random.default_rng(args.seed), on_token=show)
-    out.write("\n")
-    out.flush()
+    try:
+        out.write(args.prompt)
+        ids = generate(params, model_config(run), prompt, args.tokens,
+                       temperature=args.temperature, top_k=args.top_k,
+                       rng=np.random.default_rng(args.seed), on_token=show)
+        out.write("\n")
+        out.flush()
+    except KeyboardInterrupt:  # Ctrl-C: stop writing, no traceback
+        parser.exit(130, f"\n{parser.prog}: interrupted\n")
+    except BrokenPipeError:  # the reader went away (say, | head): stop, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush
+        sys.exit(1)
     return text.decode(vocab, ids)

@@ -10,8 +10,9 @@ A window starting at s reads T + 1 characters: ``inputs = ids[s : s+T]`` and
 ``targets = ids[s+1 : s+T+1]``, the next character at every position (no position is ignored).
 Starts are drawn uniformly from the part, so no training window reads a held-out character.
 The loss is in nats per character; divided by ln 2 it is the bits per character
-(``bits_per_char``), the usual measure of a character model (8 would be a byte spelled out
-bit by bit; about 1 to 2 is what small character models reach on English).
+(``bits_per_char``), the usual measure of a character model: a model guessing uniformly among
+100 characters needs log2(100) = 6.6 bits, one that knows how often each occurs about 4 on
+English text.
 
 The file is read in place, checked (it must exist, be non-empty, be UTF-8 and hold no NUL
 byte), and kept in memory once per process (``load``). Nothing here downloads anything.
@@ -54,7 +55,10 @@ class Corpus(NamedTuple):
 def default_text():
     """The path of ``pydoc_data/topics.py`` in this Python's standard library (module
     docstring), found without importing it; ValueError where this Python lacks it."""
-    spec = importlib.util.find_spec("pydoc_data.topics")
+    try:
+        spec = importlib.util.find_spec("pydoc_data.topics")
+    except ImportError:  # no pydoc_data package at all
+        spec = None
     path = getattr(spec, "origin", None)
     if not path or not path.endswith(".py") or not os.path.isfile(path):
         raise ValueError("text: no default text: this Python has no source file "
@@ -207,6 +211,6 @@ def check_stored(where, run, extra):
             raise ValueError(f"{where}: extra[{key!r}]: expected a string (a text run stores "
                              f"its vocabulary and its text's sha256), got {extra.get(key)!r}")
     if extra["text_sha256"] != now["text_sha256"]:
-        what = "its vocabulary too" if extra["vocab"] != now["vocab"] else "same vocabulary"
-        raise ValueError(f"{where}: the text {run['text']} changed since the run started "
-                         f"(sha256 differs; {what}); resuming would train on other windows")
+        chars = "; so do its characters" if extra["vocab"] != now["vocab"] else ""
+        raise ValueError(f"{where}: the text {run['text']} changed since the run started (its "
+                         f"sha256 differs{chars}); resuming would train on other windows")
