@@ -59,15 +59,18 @@ REFERENCE_PER_STEP = 4.0
 class ErrorModel(NamedTuple):
     """The constants of the bound (docs/testing-your-kernel.md derives it):
 
-        bound = (u r + u_acc p L) M  +  u_acc (c + p L) M_steps  +  u_64 c_ref M_ref_steps  +  atol
+        bound = (u r + u_acc p L) M  +  u_acc c M_steps  +  u_acc L (M_window - M_steps)
+                +  u_64 c_ref M_window  +  atol
 
     roundings r: the roundings of size u one term may collect inside a chunk (inputs to matmuls,
     the matmul sums, the output store); per_log_gate p: the relative error of a decay factor per
     unit of log-gate span L, in units of u_acc (the cumulative sums of the log gates are rounded
     in the accumulation dtype); per_step c: the roundings of u_acc a term collects at each
-    sequential step it goes through (a chunk-to-chunk state pass, or a recurrent step), on top
-    of the p L its decay's cumulative sum brings there. M_steps and M_ref_steps are the
-    magnitudes weighted by each term's number of steps (:class:`Reference`).
+    chunk-to-chunk state pass it goes through (a recurrent kernel: at every step). M_steps
+    weights each term of M by its number of passes, M_window by its decay window's length
+    (:class:`Reference`: ``steps``, ``ref_steps``): each step of the window inside a chunk
+    adds one rounding of a partial sum of log gates, at most u_acc L; the float64 reference
+    takes c_ref roundings of u_64 at every step.
     """
 
     roundings: float
@@ -124,6 +127,7 @@ class Reference(NamedTuple):
     ref_steps: Tensors  # the same sums, each term times its window's length (reference steps)
     dg_identity: Magnitudes | None  # dg's magnitudes for a kernel that uses the plain identity
     log_gate_span: float  # the largest |sum of log gates| over one chunk of chunk_size steps
+    log_gate_span_float64: float  # the same with a reset counted as 1024 (float64's floor)
     chunk_size: int  # the chunk length the span and the steps were measured for
     scale: float  # the query scale used
 
@@ -200,12 +204,13 @@ def _sequences(segments, T):
     return segments or [slice(0, T)]
 
 
-def log_gate_span(g, chunk_size=64, *, layout="BHTK", cu_seqlens=None):
+def log_gate_span(g, chunk_size=64, *, layout="BHTK", cu_seqlens=None, floor=128.0):
     """The largest |sum of log gates| over one chunk: chunks of ``chunk_size`` steps from the
     start of each sequence, as a chunked kernel cuts them (pass T for a kernel that takes one
-    cumulative sum over the whole sequence). Gates below -128 count as -128: a kernel that
-    handles hard resets floors them near there (exp of anything below -104 is 0 in float32)."""
-    g = np.minimum(-np.asarray(_heads_major(g, layout), dtype=np.float64), 128.0)  # |g|
+    cumulative sum over the whole sequence). Gates below -floor count as -floor: a kernel that
+    handles hard resets floors them near there (exp of anything below -104 is 0 in float32,
+    below -745 in float64; gla_np floors at -128 and -1024)."""
+    g = np.minimum(-np.asarray(_heads_major(g, layout), dtype=np.float64), floor)  # |g|
     T = g.shape[2]
     segments = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, 1, T, None)
     span = 0.0
@@ -305,6 +310,8 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
                      ref_steps=Tensors(*_callers_layout(ref_steps[:7], NAMES, layout)),
                      dg_identity=identity,
                      log_gate_span=log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens),
+                     log_gate_span_float64=log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens,
+                                                         floor=1024.0),
                      chunk_size=chunk_size, scale=float(scale))
 
 
@@ -408,14 +415,21 @@ def tolerance(dtype, log_gate_span=0.0):
 
 
 def per_step_tolerance(dtype, log_gate_span=0.0):
-    """``(per kernel step, per reference step)``: the relative error each term collects at
-    each chunk-to-chunk step of the kernel, ``u_acc (c + p L)``, and at each step of the
-    float64 reference, ``u_64 c_ref``."""
+    """The step terms' coefficients ``(kernel step, window step, reference step)``: the
+    relative error a term collects at each chunk-to-chunk state pass of the kernel,
+    ``u_acc c``; at each other step of its decay window, from the cumulative sum of the log
+    gates, ``u_acc L``; and at each step of the float64 reference, ``u_64 c_ref``."""
     name = _dtype_name(dtype)
-    model = ERROR_MODELS[name]
     u_acc = UNIT_ROUNDOFF[ACCUMULATES_IN[name]]
-    return (u_acc * (model.per_step + model.per_log_gate * log_gate_span),
+    return (u_acc * ERROR_MODELS[name].per_step, u_acc * log_gate_span,
             UNIT_ROUNDOFF["float64"] * REFERENCE_PER_STEP)
+
+
+def _step_terms(dtype, span, mags):
+    """The length-dependent part of the bound, per entry."""
+    per_step, per_window_step, per_ref_step = per_step_tolerance(dtype, span)
+    inside = np.maximum(mags.ref_steps - mags.steps, 0.0)  # window steps that are no pass
+    return per_step * mags.steps + per_window_step * inside + per_ref_step * mags.ref_steps
 
 
 def _magnitudes_of(ref, name, dg_identity):
@@ -425,10 +439,16 @@ def _magnitudes_of(ref, name, dg_identity):
                       getattr(ref.ref_steps, name))
 
 
+def _span_for(ref, dtype):
+    """The log-gate span for a kernel of this dtype: resets count as its floor."""
+    return ref.log_gate_span_float64 if _dtype_name(dtype) == "float64" else ref.log_gate_span
+
+
 def bound(name, ref, *, dtype, dg_identity=False):
     """The per-entry bound on |got - ref| for tensor ``name`` of a kernel computing in ``dtype``:
 
-        (u r + u_acc p L) M  +  u_acc (c + p L) M_steps  +  u_64 c_ref M_ref_steps  +  atol
+        (u r + u_acc p L) M  +  u_acc c M_steps  +  u_acc L (M_window - M_steps)
+        +  u_64 c_ref M_window  +  atol      (M_window = ``ref.ref_steps``; see ErrorModel)
 
     ``dg_identity=True`` judges dg by the terms of the plain gate identity (a kernel that
     computes dg as fla does: one reverse cumulative sum of q dq - k dk, self pairs included)."""
@@ -436,9 +456,9 @@ def bound(name, ref, *, dtype, dg_identity=False):
     if getattr(ref, name) is None:
         raise ValueError(f"ref: has no {name} (no upstream gradient, or no initial state)")
     mags = _magnitudes_of(ref, name, dg_identity)
-    rtol, atol = tolerance(dtype, ref.log_gate_span)
-    per_step, per_ref_step = per_step_tolerance(dtype, ref.log_gate_span)
-    return rtol * mags.magnitude + per_step * mags.steps + per_ref_step * mags.ref_steps + atol
+    span = _span_for(ref, dtype)
+    rtol, atol = tolerance(dtype, span)
+    return rtol * mags.magnitude + _step_terms(dtype, span, mags) + atol
 
 
 def dg_identity_loss(ref):
@@ -516,11 +536,10 @@ def assert_close(name, got, ref, *, dtype, dg_identity=False, rtol=None, atol=No
         if want is None:
             raise ValueError(f"ref: has no {name} (no upstream gradient, or no initial state)")
         mags = _magnitudes_of(ref, name, dg_identity)
-        span = ref.log_gate_span if log_gate_span is None else log_gate_span
+        span = _span_for(ref, dtype) if log_gate_span is None else log_gate_span
         mag = mags.magnitude
         model_rtol, model_atol = tolerance(dtype, span)
-        per_step, per_ref_step = per_step_tolerance(dtype, span)
-        extra = per_step * mags.steps + per_ref_step * mags.ref_steps
+        extra = _step_terms(dtype, span, mags)
     else:
         if magnitude is None or log_gate_span is None:
             raise ValueError("magnitude: with a plain array as ref, give magnitude= and "
