@@ -20,6 +20,12 @@ the default) and judges every kernel on every one with gla_np.testing's bound
 It prints, per dtype and T, the worst |error| / bound of the correct kernels (must stay below 1,
 and where it came from) and the smallest worst-tensor ratio of each bug over the inputs that
 can show it (must stay above 1): the separation margin. No timing.
+
+    python benchmarks/oracle_margin.py --chains
+
+prints instead, for gla_np's own forms on long chains of constant or mild gates (gradient
+through the final state only, an initial state), the worst ratio against the in-chunk part of
+the bound alone and against the whole bound: what the step terms are for.
 """
 
 import argparse
@@ -32,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import planted_kernels as pk  # noqa: E402
 from gla_np.recurrence import chunked, parallel, recurrent  # noqa: E402
-from gla_np.testing import NAMES, bound, reference  # noqa: E402
+from gla_np.testing import NAMES, bound, reference, tolerance  # noqa: E402
 
 GATES = ("constant -0.01", "uniform [-0.2, 0]", "strong [-30, -5]", "resets, [-1, 0]")
 VARIANTS = ("everything on", "final-state gradient only", "do only, no initial state")
@@ -124,12 +130,51 @@ def worst_ratio(kernel, inputs, ref, dtype, dg_identity):
     return worst, where
 
 
+CHAINS = [("chunked", "float64", "constant", -0.1, 257),
+          ("chunked", "float64", "constant", -0.01, 2048),
+          ("chunked", "float64", "constant", -0.01, 8192),
+          ("chunked", "float32", "constant", -0.01, 2048),
+          ("recurrent", "float32", "constant", -0.01, 2048),
+          ("recurrent", "float32", "constant", -0.01, 8192),
+          ("chunked", "float64", "uniform in [-0.2, 0]", -0.2, 2048)]
+
+
+def chains():
+    print("| form | dtype | gates | T | in-chunk part alone | whole bound |")
+    print("|---|---|---|---|---|---|")
+    for form, dtype, kind, gate, T in CHAINS:
+        rng = np.random.default_rng(T)
+        q, k = rng.standard_normal((2, 1, 2, T, 4)).astype(dtype)
+        v = rng.standard_normal((1, 2, T, 4)).astype(dtype)
+        g = (np.full(q.shape, gate) if kind == "constant"
+             else gate * rng.uniform(0, 1, q.shape)).astype(dtype)
+        S0, dS_T = rng.standard_normal((2, 1, 2, 4, 4)).astype(dtype)
+        module, C, options = ((chunked, 64, dict(chunk_size=64)) if form == "chunked"
+                              else (recurrent, 1, {}))
+        o, S_T, cache = module.forward(q, k, v, g, initial_state=S0, **options)
+        got = [o, S_T, *module.backward(None, dS_T, cache)]
+        ref = reference(q, k, v, g, initial_state=S0, d_final_state=dS_T, chunk_size=C)
+        rtol, atol = tolerance(dtype, ref.log_gate_span)
+        alone = max(float((np.abs(x - getattr(ref, n))
+                           / (rtol * getattr(ref.magnitude, n) + atol)).max())
+                    for n, x in zip(NAMES, got))
+        whole = max(float((np.abs(x - getattr(ref, n)) / bound(n, ref, dtype=dtype)).max())
+                    for n, x in zip(NAMES, got))
+        gates = f"constant {gate:g}" if kind == "constant" else kind
+        print(f"| gla_np {form} | {dtype} | {gates} | {T} | {alone:.3g} | "
+              f"{whole:.3g} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--T", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                         choices=["float32", "float64"])
+    parser.add_argument("--chains", action="store_true",
+                        help="the in-chunk part of the bound alone against the whole bound")
     args = parser.parse_args(argv)
+    if args.chains:
+        return chains()
     print("| dtype | T | correct kernels: worst ratio (where) | " + " | ".join(bugs()) + " |")
     print("|---|---|---|" + "---|" * len(bugs()))
     for dtype in args.dtypes:

@@ -45,8 +45,7 @@ def load(path):
 
 
 def cases_in(loaded):
-    return {name: case for name, case in loaded.items()
-            if name not in ("layout", "dtype", "chunk_size")}
+    return loaded.cases
 
 
 def breaks(kernel, case, layout):
@@ -69,7 +68,7 @@ def breaks(kernel, case, layout):
 
 def test_the_file_holds_every_case_with_inputs_references_and_bounds(files):
     loaded = load(files["BTHK"])
-    assert str(loaded["layout"]) == "BTHK" and str(loaded["dtype"]) == "float32"
+    assert (loaded.layout, loaded.dtype, loaded.chunk_size) == ("BTHK", "float32", 64)
     cases = cases_in(loaded)
     assert list(cases) == [c.name for c in golden.CASES]
     for name, case in cases.items():
@@ -213,7 +212,8 @@ def test_load_cases_refuses_what_is_not_a_plain_golden_file(tmp_path):
     with pytest.raises(ValueError, match=r"^path: .* is not a regular file"):
         golden.load_cases(tmp_path)
     pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, cases=np.array(["a"]), **{"a/q": np.array([{"x": 1}], dtype=object)})
+    np.savez(pickled, cases=np.array(["a"]), layout=np.array("BTHK"), dtype=np.array("float32"),
+             chunk_size=np.int64(64), **{"a/q": np.array([{"x": 1}], dtype=object)})
     with pytest.raises(ValueError, match=r"holds Python objects \(pickled\)"):
         golden.load_cases(pickled)
     # a header that declares more than the file holds is refused before allocating it

@@ -195,3 +195,19 @@ def test_correct_forms_pass_at_training_lengths(form, dtype, T):
     err = np.abs(grads[4] - ref.d_initial_state)
     assert (err > rtol * ref.magnitude.d_initial_state + atol).any()
     assert (err <= bound("d_initial_state", ref, dtype=np.dtype(dtype).name)).all()
+
+
+def test_the_margin_script_separates_correct_kernels_from_bugs(capsys):
+    """benchmarks/oracle_margin.py at a short length (the long ones are in the docs)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "oracle_margin.py")
+    spec = importlib.util.spec_from_file_location("oracle_margin", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--T", "40", "--dtypes", "float32"])
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert row[0] == "| float32" and row[1] == "40"
+    assert float(row[2].split(" ")[0]) < 1  # the correct kernels
+    bugs = [float(cell.strip(" |")) for cell in row[3:]]
+    assert len(bugs) == 7 and min(bugs) > 100
