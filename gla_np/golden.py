@@ -231,11 +231,19 @@ def _read_member(archive, info, limit):
     return array.reshape(shape[::-1]).T if order == "F" else array.reshape(shape), declared
 
 
+class GoldenFile(NamedTuple):
+    """A golden file read back by :func:`load_cases`."""
+
+    cases: dict  # {case name: {key: array}}, keys as in the file without the "name/" prefix
+    layout: str
+    dtype: str
+    chunk_size: int
+
+
 def load_cases(path, *, max_bytes=MAX_FILE_BYTES):
-    """Read a golden file back: ``{case: {key: array}}`` plus ``"layout"``, ``"dtype"``,
-    ``"chunk_size"`` at the top. Safe on files from elsewhere: a regular file only (no folder,
-    fifo or device), never unpickled, and every array's declared shape and size is checked
-    against the file before it is allocated (at most ``max_bytes`` in all)."""
+    """Read a golden file back as a :class:`GoldenFile`. Safe on files from elsewhere: a regular
+    file only (no folder, fifo or device), never unpickled, and every array's declared shape and
+    size is checked against the file before it is allocated (at most ``max_bytes`` in all)."""
     path = os.fspath(path)
     try:
         mode = os.stat(path).st_mode
@@ -253,13 +261,12 @@ def load_cases(path, *, max_bytes=MAX_FILE_BYTES):
                 total += size
     except zipfile.BadZipFile:
         raise ValueError(f"path: {path} is not an .npz file") from None
-    if "cases" not in flat:
-        raise ValueError(f"path: {path} has no 'cases' list; not a golden file")
-    out = {str(name): {key.split("/", 1)[1]: x for key, x in flat.items()
-                       if key.startswith(f"{name}/")} for name in flat["cases"]}
-    for key in ("layout", "dtype", "chunk_size"):
-        out[key] = flat[key][()] if key in flat else None
-    return out
+    missing = [key for key in ("cases", "layout", "dtype", "chunk_size") if key not in flat]
+    if missing:
+        raise ValueError(f"path: {path} has no {missing[0]!r}; not a golden file")
+    cases = {str(name): {key.split("/", 1)[1]: x for key, x in flat.items()
+                         if key.startswith(f"{name}/")} for name in flat["cases"]}
+    return GoldenFile(cases, str(flat["layout"]), str(flat["dtype"]), int(flat["chunk_size"]))
 
 
 def main(argv=None):

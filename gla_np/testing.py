@@ -17,8 +17,9 @@ or, tensor by tensor:
 * :func:`assert_close` compares one tensor against it with the error model of
   docs/testing-your-kernel.md: entry by entry, ``|got - ref| <= bound``, where the bound grows
   with the entry's magnitude (the sum of the absolute values of the terms that make it), with
-  the log-gate span of a chunk, and with the number of sequential steps (chunk-to-chunk state
-  passes; the reference's own steps) each term went through. On failure it raises
+  the log-gate span of a chunk, and with the sequential steps each term went through (the
+  kernel's chunk-to-chunk state passes, its decay window, the reference's own steps). On
+  failure it raises
   :class:`BoundExceeded` (an AssertionError) naming the worst entry, with the ratio on it.
 * :func:`judge` runs a kernel's forward and backward on the golden cases and on drawn inputs and
   reports every failing tensor of every case in one table.
@@ -43,10 +44,10 @@ FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunked}
 LAYOUTS = ("BHTK", "BTHK")
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "d_initial_state")
 
-# Unit roundoff u (half an ulp at 1) of the precision a kernel's products are formed in, and the
+# Unit roundoff η (half an ulp at 1) of the precision a kernel's products are formed in, and the
 # dtype it accumulates and takes cumulative sums in. bf16 and fp16 kernels accumulate in
 # float32; "tf32" is float32 storage whose matmul inputs are rounded to 10 explicit mantissa
-# bits (so u = 2^-11, as float16's), accumulated in float32.
+# bits (so η = 2^-11, as float16's), accumulated in float32.
 UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -11,
                  "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 ACCUMULATES_IN = {"float64": "float64", "float32": "float32", "tf32": "float32",
@@ -57,31 +58,35 @@ REFERENCE_PER_STEP = 4.0
 
 
 class ErrorModel(NamedTuple):
-    """The constants of the bound (docs/testing-your-kernel.md derives it):
+    """The constants of the bound (docs/testing-your-kernel.md derives it), with η the unit
+    roundoff of the kernel's products, η_acc of its accumulation dtype, η_64 of float64:
 
-        bound = (u r + u_acc p L) M  +  u_acc (c + p L) M_steps  +  u_64 c_ref M_ref_steps  +  atol
+        bound = (η n_round + η_acc n_span span) M  +  η_acc n_pass M_pass
+                +  η_acc span (M_window - M_pass)  +  η_64 n_ref M_window  +  atol
 
-    roundings r: the roundings of size u one term may collect inside a chunk (inputs to matmuls,
-    the matmul sums, the output store); per_log_gate p: the relative error of a decay factor per
-    unit of log-gate span L, in units of u_acc (the cumulative sums of the log gates are rounded
-    in the accumulation dtype); per_step c: the roundings of u_acc a term collects at each
-    sequential step it goes through (a chunk-to-chunk state pass, or a recurrent step), on top
-    of the p L its decay's cumulative sum brings there. M_steps and M_ref_steps are the
-    magnitudes weighted by each term's number of steps (:class:`Reference`).
+    roundings (n_round): the roundings of size η one term may collect inside a chunk (inputs to
+    matmuls, the matmul sums, the output store); per_log_gate (n_span): the relative error of a
+    decay factor per unit of log-gate span, in units of η_acc (the cumulative sums of the log
+    gates are rounded in the accumulation dtype); per_pass (n_pass): the roundings of η_acc a
+    term collects at each chunk-to-chunk state pass it goes through (a recurrent kernel: at
+    every step). M_pass weights each term of the magnitude M by its number of passes, M_window
+    by its decay window's length (:class:`Reference`: ``passes``, ``window``): each step of the
+    window that is no pass adds one rounding of a partial sum of log gates, at most η_acc span;
+    the float64 reference takes n_ref = REFERENCE_PER_STEP roundings of η_64 at every step.
     """
 
     roundings: float
     per_log_gate: float
-    per_step: float
+    per_pass: float
     atol: float
 
 
 ERROR_MODELS = {
-    "float64": ErrorModel(roundings=128.0, per_log_gate=16.0, per_step=4.0, atol=1e-300),
-    "float32": ErrorModel(roundings=128.0, per_log_gate=16.0, per_step=4.0, atol=1e-37),
-    "tf32": ErrorModel(roundings=8.0, per_log_gate=16.0, per_step=4.0, atol=1e-37),
-    "float16": ErrorModel(roundings=8.0, per_log_gate=16.0, per_step=4.0, atol=1e-7),
-    "bfloat16": ErrorModel(roundings=8.0, per_log_gate=16.0, per_step=4.0, atol=1e-37),
+    "float64": ErrorModel(roundings=128.0, per_log_gate=16.0, per_pass=4.0, atol=1e-300),
+    "float32": ErrorModel(roundings=128.0, per_log_gate=16.0, per_pass=4.0, atol=1e-37),
+    "tf32": ErrorModel(roundings=8.0, per_log_gate=16.0, per_pass=4.0, atol=1e-37),
+    "float16": ErrorModel(roundings=8.0, per_log_gate=16.0, per_pass=4.0, atol=1e-7),
+    "bfloat16": ErrorModel(roundings=8.0, per_log_gate=16.0, per_pass=4.0, atol=1e-37),
 }
 
 
@@ -99,13 +104,13 @@ class Tensors(NamedTuple):
 
 class Magnitudes(NamedTuple):
     """Per entry of one tensor: the sum of |terms| that make it (M), that sum with each term
-    weighted by the state passes between chunks its decay window crosses (M_steps: a chunk
+    weighted by the state passes between chunks its decay window crosses (M_pass: a chunk
     boundary of the kernel lies in the window), and weighted by its window's length, the steps
-    the float64 reference takes (M_ref_steps)."""
+    the float64 reference takes (M_window)."""
 
     magnitude: np.ndarray
-    steps: np.ndarray
-    ref_steps: np.ndarray
+    passes: np.ndarray
+    window: np.ndarray
 
 
 class Reference(NamedTuple):
@@ -120,11 +125,12 @@ class Reference(NamedTuple):
     dg: np.ndarray | None
     d_initial_state: np.ndarray | None
     magnitude: Tensors  # per entry, the sum of |terms| that make it (dg: see dg_identity)
-    steps: Tensors  # the same sums, each term times the chunk boundaries its window crosses
-    ref_steps: Tensors  # the same sums, each term times its window's length (reference steps)
+    passes: Tensors  # M_pass: the same sums, each term times the chunk boundaries it crosses
+    window: Tensors  # M_window: the same sums, each term times its decay window's length
     dg_identity: Magnitudes | None  # dg's magnitudes for a kernel that uses the plain identity
     log_gate_span: float  # the largest |sum of log gates| over one chunk of chunk_size steps
-    chunk_size: int  # the chunk length the span and the steps were measured for
+    log_gate_span_float64: float  # the same with a reset counted as 1024 (float64's floor)
+    chunk_size: int  # the chunk length the span and the passes were measured for
     scale: float  # the query scale used
 
 
@@ -200,12 +206,13 @@ def _sequences(segments, T):
     return segments or [slice(0, T)]
 
 
-def log_gate_span(g, chunk_size=64, *, layout="BHTK", cu_seqlens=None):
+def log_gate_span(g, chunk_size=64, *, layout="BHTK", cu_seqlens=None, floor=128.0):
     """The largest |sum of log gates| over one chunk: chunks of ``chunk_size`` steps from the
     start of each sequence, as a chunked kernel cuts them (pass T for a kernel that takes one
-    cumulative sum over the whole sequence). Gates below -128 count as -128: a kernel that
-    handles hard resets floors them near there (exp of anything below -104 is 0 in float32)."""
-    g = np.minimum(-np.asarray(_heads_major(g, layout), dtype=np.float64), 128.0)  # |g|
+    cumulative sum over the whole sequence). Gates below -floor count as -floor: a kernel that
+    handles hard resets floors them near there (exp of anything below -104 is 0 in float32,
+    below -745 in float64; gla_np floors at -128 and -1024)."""
+    g = np.minimum(-np.asarray(_heads_major(g, layout), dtype=np.float64), floor)  # |g|
     T = g.shape[2]
     segments = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, 1, T, None)
     span = 0.0
@@ -233,7 +240,7 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
     d_final_state and the final state are ``(N, H, K, V)``, one per sequence. ``chunk_size`` is
     the caller's kernel's chunk length (1 for a kernel that steps through time, T for one that
     takes one cumulative sum over the whole sequence); it changes no value, only the error
-    model's inputs: the log-gate span, the steps between chunks, and which of dg's terms a
+    model's inputs: the log-gate span, the passes between chunks, and which of dg's terms a
     kernel following docs/derivations/recurrence/chunked.md B5 adds up.
     """
     check_choice("layout", layout, LAYOUTS)
@@ -293,18 +300,20 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
     for seq in _sequences(segments, T):
         starts[seq.start + chunk_size:seq.stop:chunk_size] = 1.0
     every = np.ones(T)
-    ref_steps = _step_weighted(magnitudes, g, mags, every)
-    steps = ref_steps if chunk_size == 1 else _step_weighted(magnitudes, g, mags, starts)
+    window = _step_weighted(magnitudes, g, mags, every)
+    passes = window if chunk_size == 1 else _step_weighted(magnitudes, g, mags, starts)
     identity = None
     if mags[7] is not None:
-        identity = Magnitudes(*_callers_layout([mags[7], steps[7], ref_steps[7]],
+        identity = Magnitudes(*_callers_layout([mags[7], passes[7], window[7]],
                                                ("dg",) * 3, layout))
     return Reference(*_callers_layout(values, NAMES, layout),
                      magnitude=Tensors(*_callers_layout(mags[:7], NAMES, layout)),
-                     steps=Tensors(*_callers_layout(steps[:7], NAMES, layout)),
-                     ref_steps=Tensors(*_callers_layout(ref_steps[:7], NAMES, layout)),
+                     passes=Tensors(*_callers_layout(passes[:7], NAMES, layout)),
+                     window=Tensors(*_callers_layout(window[:7], NAMES, layout)),
                      dg_identity=identity,
                      log_gate_span=log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens),
+                     log_gate_span_float64=log_gate_span(g, chunk_size, cu_seqlens=cu_seqlens,
+                                                         floor=1024.0),
                      chunk_size=chunk_size, scale=float(scale))
 
 
@@ -396,39 +405,52 @@ def _dtype_name(dtype):
 
 def tolerance(dtype, log_gate_span=0.0):
     """The in-chunk part of the bound, ``(rtol, atol)``, for a kernel of ``dtype`` at this
-    log-gate span: ``rtol = u r + u_acc p L``. The full bound adds the step terms
-    (:func:`bound`)."""
+    log-gate span: ``rtol = η n_round + η_acc n_span span``. The full bound adds the step
+    terms (:func:`bound`)."""
     name = _dtype_name(dtype)
     model = ERROR_MODELS[name]
     if isinstance(log_gate_span, bool) or not isinstance(log_gate_span, numbers.Real) or \
             not log_gate_span >= 0:
         raise ValueError(f"log_gate_span: expected a number >= 0, got {log_gate_span!r}")
-    u_store, u_acc = UNIT_ROUNDOFF[name], UNIT_ROUNDOFF[ACCUMULATES_IN[name]]
-    return u_store * model.roundings + u_acc * model.per_log_gate * log_gate_span, model.atol
+    eta, eta_acc = UNIT_ROUNDOFF[name], UNIT_ROUNDOFF[ACCUMULATES_IN[name]]
+    return eta * model.roundings + eta_acc * model.per_log_gate * log_gate_span, model.atol
 
 
 def per_step_tolerance(dtype, log_gate_span=0.0):
-    """``(per kernel step, per reference step)``: the relative error each term collects at
-    each chunk-to-chunk step of the kernel, ``u_acc (c + p L)``, and at each step of the
-    float64 reference, ``u_64 c_ref``."""
+    """The step terms' coefficients ``(per pass, per window step, per reference step)``: the
+    relative error a term collects at each chunk-to-chunk state pass of the kernel,
+    ``η_acc n_pass``; at each other step of its decay window, from the cumulative sum of the
+    log gates, ``η_acc span``; and at each step of the float64 reference, ``η_64 n_ref``."""
     name = _dtype_name(dtype)
-    model = ERROR_MODELS[name]
-    u_acc = UNIT_ROUNDOFF[ACCUMULATES_IN[name]]
-    return (u_acc * (model.per_step + model.per_log_gate * log_gate_span),
+    eta_acc = UNIT_ROUNDOFF[ACCUMULATES_IN[name]]
+    return (eta_acc * ERROR_MODELS[name].per_pass, eta_acc * log_gate_span,
             UNIT_ROUNDOFF["float64"] * REFERENCE_PER_STEP)
+
+
+def _step_terms(dtype, span, mags):
+    """The length-dependent part of the bound, per entry."""
+    per_pass, per_window_step, per_ref_step = per_step_tolerance(dtype, span)
+    inside = np.maximum(mags.window - mags.passes, 0.0)  # window steps that are no pass
+    return per_pass * mags.passes + per_window_step * inside + per_ref_step * mags.window
 
 
 def _magnitudes_of(ref, name, dg_identity):
     if name == "dg" and dg_identity:
         return ref.dg_identity
-    return Magnitudes(getattr(ref.magnitude, name), getattr(ref.steps, name),
-                      getattr(ref.ref_steps, name))
+    return Magnitudes(getattr(ref.magnitude, name), getattr(ref.passes, name),
+                      getattr(ref.window, name))
+
+
+def _span_for(ref, dtype):
+    """The log-gate span for a kernel of this dtype: resets count as its floor."""
+    return ref.log_gate_span_float64 if _dtype_name(dtype) == "float64" else ref.log_gate_span
 
 
 def bound(name, ref, *, dtype, dg_identity=False):
     """The per-entry bound on |got - ref| for tensor ``name`` of a kernel computing in ``dtype``:
 
-        (u r + u_acc p L) M  +  u_acc (c + p L) M_steps  +  u_64 c_ref M_ref_steps  +  atol
+        (η n_round + η_acc n_span span) M  +  η_acc n_pass M_pass
+        +  η_acc span (M_window - M_pass)  +  η_64 n_ref M_window  +  atol     (see ErrorModel)
 
     ``dg_identity=True`` judges dg by the terms of the plain gate identity (a kernel that
     computes dg as fla does: one reverse cumulative sum of q dq - k dk, self pairs included)."""
@@ -436,9 +458,9 @@ def bound(name, ref, *, dtype, dg_identity=False):
     if getattr(ref, name) is None:
         raise ValueError(f"ref: has no {name} (no upstream gradient, or no initial state)")
     mags = _magnitudes_of(ref, name, dg_identity)
-    rtol, atol = tolerance(dtype, ref.log_gate_span)
-    per_step, per_ref_step = per_step_tolerance(dtype, ref.log_gate_span)
-    return rtol * mags.magnitude + per_step * mags.steps + per_ref_step * mags.ref_steps + atol
+    span = _span_for(ref, dtype)
+    rtol, atol = tolerance(dtype, span)
+    return rtol * mags.magnitude + _step_terms(dtype, span, mags) + atol
 
 
 def dg_identity_loss(ref):
@@ -516,11 +538,10 @@ def assert_close(name, got, ref, *, dtype, dg_identity=False, rtol=None, atol=No
         if want is None:
             raise ValueError(f"ref: has no {name} (no upstream gradient, or no initial state)")
         mags = _magnitudes_of(ref, name, dg_identity)
-        span = ref.log_gate_span if log_gate_span is None else log_gate_span
+        span = _span_for(ref, dtype) if log_gate_span is None else log_gate_span
         mag = mags.magnitude
         model_rtol, model_atol = tolerance(dtype, span)
-        per_step, per_ref_step = per_step_tolerance(dtype, span)
-        extra = per_step * mags.steps + per_ref_step * mags.ref_steps
+        extra = _step_terms(dtype, span, mags)
     else:
         if magnitude is None or log_gate_span is None:
             raise ValueError("magnitude: with a plain array as ref, give magnitude= and "

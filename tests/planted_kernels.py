@@ -1,4 +1,5 @@
-"""Small float32 GLA kernels as a kernel author would write them, in fla's (B, T, H, K) layout:
+"""Small GLA kernels as a kernel author would write them (float32, or float64 given float64
+inputs), in fla's (B, T, H, K) layout:
 correct ones, and the five planted bugs that gla_np.testing and the golden cases must catch.
 
 Each kernel is ``kernel(q, k, v, g, S0, do, dS_T, scale) -> dict`` of whichever of o,
@@ -56,7 +57,7 @@ def _loop_backward(q, k, v, g, states, do, dS_T, scale):
 
 
 def _identity_dg(q, dq, k, dk, S_T, dS_T, final_state_term=True):
-    """dg = reverse cumsum over time of (q dq - k dk) + rowsum(S_T * dS_T), in float32."""
+    """dg = reverse cumsum over time of (q dq - k dk) + rowsum(S_T * dS_T), in their dtype."""
     x = q * dq - k * dk  # (B, T, H, K)
     dg = np.flip(np.cumsum(np.flip(x, 1), 1), 1)
     if dS_T is not None and final_state_term:
@@ -65,7 +66,8 @@ def _identity_dg(q, dq, k, dk, S_T, dS_T, final_state_term=True):
 
 
 def stable_recurrent(q, k, v, g, S0, do, dS_T, scale, *, bug=None):
-    g = np.maximum(g, np.float32(-128))  # hard resets: exp(-128) = 0 in float32, exactly
+    # hard resets: exp of the floor is 0 exactly (float32: -128, float64: -1024)
+    g = np.maximum(g, g.dtype.type(-128 if g.dtype == np.float32 else -1024))
     o, states = _loop(q, k, v, g, S0, scale, decay_after_write=(bug == "decay_after_write"))
     out = dict(o=o, final_state=states[-1])
     if do is None and dS_T is None:
@@ -148,7 +150,7 @@ def ignores_scale(q, k, v, g, S0, do, dS_T, scale):
 
 def round_to_tf32(x):
     """float32 values rounded to TF32's 10 explicit mantissa bits (to nearest, ties to even),
-    still float32: what a TF32 tensor core reads of a matmul input."""
+    still float32: what a TF32 tensor core reads of a matmul input. (float32 inputs only.)"""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     one, half, low = np.uint64(1), np.uint64(0xFFF), np.uint64(0x1FFF)
     bits = (bits + half + ((bits >> np.uint64(13)) & one)) & ~low
@@ -167,11 +169,11 @@ def chunked_kernel(C, *, tf32=False, bug=None):
 
     def forward(q, k, v, g, *, scale, initial_state):
         q, k, v, g = (np.ascontiguousarray(np.swapaxes(x, 1, 2)) for x in (q, k, v, g))
-        g = np.maximum(g, np.float32(-128))  # hard resets: exp(-128) = 0 in float32
+        g = np.maximum(g, g.dtype.type(-128 if g.dtype == np.float32 else -1024))  # resets
         B, H, T, K = q.shape
-        s = np.float32(scale)
-        S = np.zeros((B, H, K, v.shape[3]), np.float32) if initial_state is None \
-            else initial_state.astype(np.float32)
+        s = q.dtype.type(scale)
+        S = np.zeros((B, H, K, v.shape[3]), q.dtype) if initial_state is None \
+            else initial_state.astype(q.dtype)
         o, states = np.empty_like(v), []
         for c in range(0, T, C):
             rows = slice(c, min(c + C, T))
@@ -192,7 +194,7 @@ def chunked_kernel(C, *, tf32=False, bug=None):
         q, k, v, g, s, states, S_T, has_S0 = ctx
         B, H, T, K = q.shape
         do = np.zeros_like(v) if do is None else np.ascontiguousarray(np.swapaxes(do, 1, 2))
-        E = np.zeros_like(S_T) if dS_T is None else dS_T.astype(np.float32)
+        E = np.zeros_like(S_T) if dS_T is None else dS_T.astype(S_T.dtype)
         dq, dk, dv, dg = (np.empty_like(x) for x in (q, k, v, g))
         dq_full, dk_full = np.empty_like(q), np.empty_like(k)
         for i, c in reversed(list(enumerate(range(0, T, C)))):
@@ -247,7 +249,7 @@ def _pair_decays(b, past_only=False):
     keep = np.tril(np.ones((n, n), bool), k=-1 if past_only else 0)[:, :, None]
     with np.errstate(invalid="ignore"):
         log_w = np.where(keep, b[:, :, :, None, :] - b[:, :, None, :, :], -np.inf)
-    return np.exp(log_w).astype(np.float32)
+    return np.exp(log_w)
 
 
 def as_kernel(forward, backward):

@@ -5,7 +5,9 @@ CATCHES is the table of docs/testing-your-kernel.md: for each planted bug
 file, so the table in the docs cannot drift from what the cases do.
 """
 
+import io
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -43,8 +45,7 @@ def load(path):
 
 
 def cases_in(loaded):
-    return {name: case for name, case in loaded.items()
-            if name not in ("layout", "dtype", "chunk_size")}
+    return loaded.cases
 
 
 def breaks(kernel, case, layout):
@@ -67,7 +68,7 @@ def breaks(kernel, case, layout):
 
 def test_the_file_holds_every_case_with_inputs_references_and_bounds(files):
     loaded = load(files["BTHK"])
-    assert str(loaded["layout"]) == "BTHK" and str(loaded["dtype"]) == "float32"
+    assert (loaded.layout, loaded.dtype, loaded.chunk_size) == ("BTHK", "float32", 64)
     cases = cases_in(loaded)
     assert list(cases) == [c.name for c in golden.CASES]
     for name, case in cases.items():
@@ -169,3 +170,62 @@ def test_bfloat16_cases_hold_bfloat16_values_and_bf16_rounded_outputs_pass():
             assert (np.abs(x - case[key]) <= case["bound_" + key]).all(), (name, key)
     assert golden.round_to_bfloat16(np.float32(1 + 2 ** -8)) == 1.0  # a tie goes to even
     assert golden.round_to_bfloat16(np.float32(1 + 3 * 2 ** -9)) == 1 + 2 ** -7
+
+
+def test_optional_cases_carry_a_flag_and_texts_follow_the_chunk_size():
+    c16 = golden.make_cases(chunk_size=16)
+    assert {n for n, c in c16.items() if c["optional"]} == {"hard_resets", "packed_sequences"}
+    assert all(c["optional"].dtype == np.bool_ for c in c16.values())
+    assert "T = 70 (4 chunks of 16 and a ragged one of 6)" in str(c16["moderate_gates"]["about"])
+    c64 = golden.make_cases(chunk_size=64)
+    assert "T = 129 (2 chunks of 64 and a ragged one of 1)" in \
+        str(c64["no_state_no_final_gradient"]["about"])
+    assert float(c64["custom_scale"]["scale"]) == 0.3  # not K ** -0.5 = 0.5
+
+
+def test_a_tf32_file_keeps_float32_inputs_with_tf32_bounds():
+    f32, tf32 = (golden.make_cases(layout="BTHK", dtype=d) for d in ("float32", "tf32"))
+    for name in f32:
+        for key in ("q", "k", "v", "g"):
+            np.testing.assert_array_equal(tf32[name][key], f32[name][key])  # not rounded
+            assert tf32[name][key].dtype == np.float32
+    ratio = tf32["zero_gates"]["bound_o"] / f32["zero_gates"]["bound_o"]  # no gate span
+    assert 100 < ratio.max() <= 512
+    forward, backward = pk.chunked_kernel(16, tf32=True)
+    kernel = pk.as_kernel(forward, backward)
+    case = tf32["moderate_gates"]
+    out = kernel(*(case.get(n) for n in ARGS), np.float32(case["scale"]))
+    assert all((np.abs(out[n] - case[n]) <= case["bound_" + n]).all() for n in out)
+
+
+def test_dg_identity_bounds_are_in_the_file():
+    case = golden.make_cases(layout="BTHK")["strong_gates"]
+    assert (case["bound_dg_identity"] >= case["bound_dg"]).all()
+    assert (case["bound_dg_identity"] / case["bound_dg"]).max() > 1e6
+
+
+def test_load_cases_refuses_what_is_not_a_plain_golden_file(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"^path: .* is not a regular file"):
+        golden.load_cases(fifo)
+    with pytest.raises(ValueError, match=r"^path: .* is not a regular file"):
+        golden.load_cases(tmp_path)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, cases=np.array(["a"]), layout=np.array("BTHK"), dtype=np.array("float32"),
+             chunk_size=np.int64(64), **{"a/q": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(ValueError, match=r"holds Python objects \(pickled\)"):
+        golden.load_cases(pickled)
+    # a header that declares more than the file holds is refused before allocating it
+    lying = tmp_path / "lying.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, dict(descr="<f8", fortran_order=False,
+                                                      shape=(400000000000,)))
+    with zipfile.ZipFile(lying, "w") as z:
+        z.writestr("a/q.npy", header.getvalue() + bytes(32))
+    with pytest.raises(ValueError, match=r"declares shape \(400000000000,\)"):
+        golden.load_cases(lying)
+    text = tmp_path / "text.npz"
+    text.write_text("not a zip")
+    with pytest.raises(ValueError, match=r"is not an \.npz file"):
+        golden.load_cases(text)

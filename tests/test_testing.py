@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 
 import planted_kernels as pk
-from gla_np import parallel, recurrent, testing
+from conftest import SWEEP_MAX_T
+from gla_np import testing
+from gla_np.recurrence import chunked, parallel, recurrent
 from gla_np.testing import NAMES, Reference, assert_all_close, assert_close, reference
 
 ARGS = ("q", "k", "v", "g", "initial_state", "do", "d_final_state")
@@ -238,12 +240,30 @@ def check_kernel(kernel, ex):
     return worst
 
 
-@given(testing.gla_examples(dtype=np.float32, layout="BTHK"))
+INDEPENDENT = {C: pk.as_kernel(*pk.chunked_kernel(C)) for C in (16, 64)}
+
+
+@given(testing.gla_examples(dtype=np.float32, layout="BTHK", max_T=SWEEP_MAX_T, resets=True))
 def test_correct_float32_kernels_pass_across_the_strategies(ex):
+    """No false alarm: T up to 70 here, up to 4,096 over 2,000 examples in the slow profile
+    (HYPOTHESIS_PROFILE=slow, docs/testing-your-kernel.md)."""
     check_kernel(pk.stable_recurrent, ex)
-    check_kernel(pk.CORRECT[4], ex)  # the independent chunked kernel, chunks of 16
     C = 16 if ex.q.shape[1] % 2 else 64  # (B, T, H, K): odd T chunks by 16, even T by 64
     check_kernel(pk.gla_np_chunked(C), ex)
+    check_kernel(INDEPENDENT[C], ex)  # the same chunks, so the same reference
+
+
+@settings(max_examples=min(settings().max_examples, 50))
+@given(testing.gla_examples(dtype=np.float64, layout="BHTK", max_T=SWEEP_MAX_T, resets=True))
+def test_gla_np_forms_in_float64_pass_across_the_strategies(ex):
+    """float64 kernels against the float64 reference: the reference's own steps count."""
+    args = dict(scale=ex.scale, initial_state=ex.initial_state)
+    for module, C, options in [(recurrent, 1, {}), (chunked, 32, dict(chunk_size=32))]:
+        o, S_T, cache = module.forward(ex.q, ex.k, ex.v, ex.g, **args, **options)
+        grads = module.backward(ex.do, ex.d_final_state, cache)
+        ref = reference(ex.q, ex.k, ex.v, ex.g, initial_state=ex.initial_state, do=ex.do,
+                        d_final_state=ex.d_final_state, scale=ex.scale, chunk_size=C)
+        assert_all_close([o, S_T, *grads], ref, dtype="float64") <= 1
 
 
 def test_the_parallel_form_in_float32_passes_with_its_whole_sequence_span():
