@@ -24,7 +24,16 @@ all of them (its rows are queries and keys at once), so they use exp(b_t - b_u) 
 elementwise, one distance d = t - u at a time: rows d.. of every tile against the rows d before
 them. Only past pairs are ever formed.
 
-Every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
+Mild blocks. Where the gates of a block are mild, its pairs need no halving: through the
+block's first row a, exp(b_t - b_u) = exp(b_t - b_a) * exp(b_a - b_u) with a query factor in
+[exp(-D), 1] and a key factor in [1, exp(D)], D the block's span (the gates of its rows after a,
+strongest channel), and all the block's pairs are one matmul with the pairs u >= t masked to 0.
+Before each level is halved, if every block of the level spans at most ``_span_limit`` (a bound
+that keeps every number the matmul makes finite, the masked pairs included, and both factors
+well inside the dtype's range), the whole level is done so and the halving stops. A fresh
+layer's chunk of 64 is one matmul; strong gates are halved as below.
+
+Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
 is padded with rows after its end (gates 0, q, k, v zero) and the padding cut off again. Each
 level costs about C K exps and two matmuls per chunk; the tiles about (c - 1) K / 2 per row; see
 docs/derivations/recurrence/chunked.md for the measurements behind the default c.
@@ -88,14 +97,14 @@ def _across(qs, k, b, size):
 
 
 def _span_limit(dtype, n, *arrays):
-    """The widest log-gate span a block may have for its pairs to be one masked matmul.
+    """The widest log-gate span a block may have for its pairs to be one masked matmul (M3).
 
-    docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul", (M1)-(M3): with m the
-    largest magnitude in ``arrays`` (at least 1) and n the largest of the block's rows and the
-    channels, every number the one-matmul form makes is at most n^2 m^3 exp(span) in size, and
-    exp(span) at most the fourth root of the dtype's largest number; the limit keeps both below
-    overflow. nan or inf in the arrays give -inf or nan: no block qualifies (the comparison
-    with a nan limit is False).
+    docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul": with m the largest
+    magnitude in ``arrays`` (at least 1) and n the largest of the block's rows and the channels,
+    every number the one-matmul form makes is at most n^2 m^3 exp(span) in size (M2); the limit
+    keeps that below half the dtype's largest number, and exp(span) below its fourth root.
+    nan or inf in the arrays give -inf or nan: no block qualifies (a comparison with nan is
+    False).
     """
     info = np.finfo(dtype)
     m = max([1.0] + [float(max(x.max(), -x.min())) for x in arrays])
@@ -129,8 +138,8 @@ def _in_blocks(qs, k, b, size):
     np.exp(q_decay, out=q_decay)  # exp(b_t - b_a) in [exp(-span), 1]
     q_ref = _tiles(qs, size) * q_decay
     k_ref = _tiles(k, size) * k_decay
-    A = q_ref @ k_ref.swapaxes(-1, -2)  # every entry finite (M2)
-    A *= _past_mask(size, A.dtype)  # the pairs u >= t made 0 exactly                (M3)
+    A = q_ref @ k_ref.swapaxes(-1, -2)  # every entry finite: (M2) under (M3)
+    A *= _past_mask(size, A.dtype)  # the pairs u >= t: finite times 0 is exactly 0
     return A, q_ref, k_ref, q_decay, k_decay
 
 
@@ -198,7 +207,7 @@ def backward(do, qs, k, v, b, c):
             # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
             A, q_ref, k_ref, q_decay, k_decay = _in_blocks(qs, k, b, size)
             do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
-            dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite (M2)
+            dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
             dA *= _past_mask(size, dA.dtype)
             _tiles(dv, size)[...] += A.swapaxes(-1, -2) @ do_blocks
             _tiles(dqs, size)[...] += q_decay * (dA @ k_ref)
