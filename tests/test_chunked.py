@@ -5,6 +5,7 @@ import pytest
 
 from gla_np import chunked, gate_identity, recurrent
 from gla_np.gradcheck import gradcheck
+from gla_np.recurrence import _chunk_tiles
 
 # (B, H, T, K, V, chunk_size, sub_chunk_size)
 CASES = [
@@ -31,6 +32,15 @@ def make_inputs(rng, B, H, T, K, V, *, dtype=np.float64, gate=2.0, initial_state
     return q, k, v, g, S0
 
 
+@pytest.fixture(params=["as chosen", "halving only"])
+def path(request, monkeypatch):
+    """Run a test twice: with mild blocks as one masked matmul where the span allows it (the
+    default), and with the halving alone (no span is small enough)."""
+    if request.param == "halving only":
+        monkeypatch.setattr(_chunk_tiles, "_span_limit", lambda *args: -np.inf)
+    return request.param
+
+
 def rel_err(x, ref):
     """max |x - ref| relative to the largest magnitude in ref."""
     return float(np.abs(x - ref).max() / max(np.abs(ref).max(), np.finfo(ref.dtype).tiny))
@@ -39,7 +49,7 @@ def rel_err(x, ref):
 @pytest.mark.parametrize("with_dS_T", [True, False], ids=["dS_T", "no-dS_T"])
 @pytest.mark.parametrize("with_S0", [True, False], ids=["S0", "no-S0"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_gradients_match_finite_differences(case, with_S0, with_dS_T):
+def test_gradients_match_finite_differences(case, with_S0, with_dS_T, path):
     B, H, T, K, V, C, c = case
     rng = np.random.default_rng(3)
     q, k, v, g, S0 = make_inputs(rng, B, H, T, K, V, initial_state=with_S0)
@@ -53,7 +63,7 @@ def test_gradients_match_finite_differences(case, with_S0, with_dS_T):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_recurrent_in_float64(case):
+def test_matches_recurrent_in_float64(case, path):
     B, H, T, K, V, C, c = case
     rng = np.random.default_rng(4)
     q, k, v, g, S0 = make_inputs(rng, B, H, T, K, V, gate=30.0)
@@ -106,6 +116,77 @@ def test_naive_factoring_overflows_in_float32_but_the_tiles_do_not():
     o, _, _ = chunked.forward(q4, k4, v, g4, chunk_size=64)
     o_ref, _, _ = recurrent.forward(q4, k4, v, g4)
     assert np.isfinite(o).all() and rel_err(o, o_ref) < 1e-5
+
+
+def _sizes_of_one_matmul(monkeypatch):
+    """A list that records the block size of every one-matmul call of _chunk_tiles."""
+    sizes, in_blocks = [], _chunk_tiles._in_blocks
+
+    def spy(qs, k, b, size):
+        sizes.append(size)
+        return in_blocks(qs, k, b, size)
+
+    monkeypatch.setattr(_chunk_tiles, "_in_blocks", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("g_per_step, size", [(-np.log(2) / 16, 64), (-1.0, 16), (-30.0, None)],
+                         ids=["init", "g-1", "g-30"])
+def test_one_matmul_at_the_first_level_whose_blocks_are_mild(monkeypatch, g_per_step, size):
+    # float32 allows spans up to ln(max) / 4 = 22.2. A chunk of 64 at the initial gates spans
+    # 63 ln2 / 16 = 2.7: one matmul. At g = -1 the chunk spans 63, its halves 31, their halves
+    # 15: two halvings, then one matmul per block of 16. At g = -30 no block is mild.
+    sizes = _sizes_of_one_matmul(monkeypatch)
+    rng = np.random.default_rng(11)
+    B, H, T, K, V = 1, 2, 150, 8, 8  # three chunks of 64, the last one ragged
+    q, k, v, _, S0 = make_inputs(rng, B, H, T, K, V, dtype=np.float32)
+    g = np.full((B, H, T, K), g_per_step, dtype=np.float32)
+    do = rng.standard_normal((B, H, T, V)).astype(np.float32)
+    dS_T = rng.standard_normal((B, H, K, V)).astype(np.float32)
+    *got, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=64)
+    got += chunked.backward(do, dS_T, cache)
+    f64 = [x.astype(np.float64) for x in (q, k, v, g, S0, do, dS_T)]
+    *ref, ref_cache = recurrent.forward(*f64[:4], initial_state=f64[4])
+    ref += recurrent.backward(f64[5], f64[6], ref_cache)
+    for name, x, r in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], got, ref):
+        assert x.dtype == np.float32 and rel_err(x, r) < 1e-5, name
+    assert sizes == ([] if size is None else [size, size])  # one call in forward, one in backward
+
+
+def test_one_matmul_is_refused_when_the_magnitudes_leave_no_room(monkeypatch):
+    # mild gates, but keys of 1e15: n^2 m^3 exp(span) would pass float32's range, so the chunk
+    # is halved, every exponent <= 0, and the result is finite.
+    sizes = _sizes_of_one_matmul(monkeypatch)
+    rng = np.random.default_rng(12)
+    q, k, v, _, _ = make_inputs(rng, 1, 1, 64, 4, 4, dtype=np.float32)
+    k *= np.float32(1e15)
+    g = np.full(q.shape, -0.01, dtype=np.float32)
+    o, _, cache = chunked.forward(q * np.float32(1e-15), k, v, g)
+    dq, dk, dv, dg, _ = chunked.backward(v, None, cache)
+    assert sizes == []
+    assert all(np.isfinite(x).all() for x in (o, dq, dk, dv, dg))
+
+
+def test_masked_pairs_of_one_matmul_are_exactly_zero():
+    # a mild block: the pairs u >= t of the matmul are formed (finite, bounded by (M2)) and
+    # multiplied by 0; the past pairs equal exp(b_t - b_u) summed directly
+    rng = np.random.default_rng(13)
+    qs, k = rng.standard_normal((2, 1, 16, 3))
+    b = np.cumsum(-rng.uniform(0, 1, (1, 16, 3)), axis=-2)
+    A = _chunk_tiles._in_blocks(qs, k, b, 16)[0].reshape(16, 16)
+    direct = np.einsum("tk,uk,tuk->tu", qs[0], k[0], np.exp(b[0][:, None] - b[0][None, :]))
+    assert np.all(A[np.triu_indices(16)] == 0)
+    assert np.allclose(np.tril(direct, -1), A, rtol=1e-13, atol=0)
+
+
+def test_span_limit_is_a_quarter_of_the_log_range_or_less_for_large_values():
+    assert _chunk_tiles._span_limit(np.float32, 64, np.ones(3)) == pytest.approx(
+        np.log(np.finfo(np.float32).max) / 4)
+    # n^2 m^3 exp(limit) <= max / 2
+    x = np.array([-1e9, 2.0])
+    limit = _chunk_tiles._span_limit(np.float32, 64, x)
+    assert 64.0 ** 2 * 1e27 * np.exp(limit) == pytest.approx(float(np.finfo(np.float32).max) / 2)
+    assert _chunk_tiles._span_limit(np.float64, 64, np.array([np.inf])) == -np.inf
 
 
 def test_naive_factoring_threshold_is_log_of_float32_max():

@@ -24,13 +24,25 @@ all of them (its rows are queries and keys at once), so they use exp(b_t - b_u) 
 elementwise, one distance d = t - u at a time: rows d.. of every tile against the rows d before
 them. Only past pairs are ever formed.
 
-Every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
+Mild blocks. Where the gates of a block are mild, its pairs need no halving: through the
+block's first row a, exp(b_t - b_u) = exp(b_t - b_a) * exp(b_a - b_u) with a query factor in
+[exp(-D), 1] and a key factor in [1, exp(D)], D the block's span (the gates of its rows after a,
+strongest channel), and all the block's pairs are one matmul with the pairs u >= t masked to 0.
+Before each level is halved, if every block of the level spans at most ``_span_limit`` (a bound
+that keeps every number the matmul makes finite, the masked pairs included, and both factors
+well inside the dtype's range), the whole level is done so and the halving stops. A fresh
+layer's chunk of 64 is one matmul; strong gates are halved as below.
+
+Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
 is padded with rows after its end (gates 0, q, k, v zero) and the padding cut off again. Each
 level costs about C K exps and two matmuls per chunk; the tiles about (c - 1) K / 2 per row; see
 docs/derivations/recurrence/chunked.md for the measurements behind the default c.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 
@@ -84,6 +96,53 @@ def _across(qs, k, b, size):
     return q_ref @ k_ref.swapaxes(-1, -2), q_ref, k_ref, q_decay, k_decay
 
 
+def _span_limit(dtype, n, *arrays):
+    """The widest log-gate span a block may have for its pairs to be one masked matmul (M3).
+
+    docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul": with m the largest
+    magnitude in ``arrays`` (at least 1) and n the largest of the block's rows and the channels,
+    every number the one-matmul form makes is at most n^2 m^3 exp(span) in size (M2); the limit
+    keeps that below half the dtype's largest number, and exp(span) below its fourth root.
+    nan or inf in the arrays give -inf or nan: no block qualifies (a comparison with nan is
+    False).
+    """
+    info = np.finfo(dtype)
+    m = max([1.0] + [float(max(x.max(), -x.min())) for x in arrays])
+    room = math.log(float(info.max) / 2) - 2 * math.log(n) - 3 * math.log(m)
+    return min(math.log(float(info.max)) / 4, room)
+
+
+def _widest_span(b, size):
+    """The largest log-gate span b_a - b_z over every block of ``size`` rows and channel (a the
+    block's first row, z its last): max over the blocks of the exponents' bound (M1)."""
+    b_blocks = _tiles(b, size)
+    return float(np.max(b_blocks[..., 0, :] - b_blocks[..., -1, :]))
+
+
+@functools.lru_cache(maxsize=None)
+def _past_mask(size, dtype):
+    """The 0/1 (size, size) matrix [t, u] = 1 if u < t (made once, never written to)."""
+    mask = np.tril(np.ones((size, size), dtype=dtype), k=-1)
+    mask.flags.writeable = False
+    return mask
+
+
+def _in_blocks(qs, k, b, size):
+    """Every past pair of every block of ``size`` rows as one matmul through the block's first row
+    a: (A, q_ref, k_ref, q_decay, k_decay), A (..., C/size, size, size) = q_ref @ k_ref^T times
+    the mask u < t, q_ref = qs * exp(b - b_a) (factors <= 1), k_ref = k * exp(b_a - b) (factors
+    <= exp(span)). Only for mild blocks, whose span is below ``_span_limit``."""
+    b_blocks = _tiles(b, size)
+    q_decay = b_blocks - b_blocks[..., :1, :]  # (..., C/size, size, K), <= 0
+    k_decay = np.exp(np.negative(q_decay))  # exp(b_a - b_u) in [1, exp(span)]    (M1)
+    np.exp(q_decay, out=q_decay)  # exp(b_t - b_a) in [exp(-span), 1]
+    q_ref = _tiles(qs, size) * q_decay
+    k_ref = _tiles(k, size) * k_decay
+    A = q_ref @ k_ref.swapaxes(-1, -2)  # every entry finite: (M2) under (M3)
+    A *= _past_mask(size, A.dtype)  # the pairs u >= t: finite times 0 is exactly 0
+    return A, q_ref, k_ref, q_decay, k_decay
+
+
 def _in_tiles(qs_tile, k_tile, b_tile, d):
     """Inside the tiles, the pairs at distance d (u = t - d): (A_d, k_seen, decay), A_d
     (..., C/size, size-d) = qs_t . k_seen[t] with k_seen[t] = decay[t] * k_u, k_u decayed to
@@ -104,7 +163,13 @@ def forward(qs, k, v, b, c):
         (qs, k, v), b = _pad_rows([qs, k, v], b, size)
         return forward(qs, k, v, b, c)[..., :C, :]
     o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
+    limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v)
     while size > c:
+        if _widest_span(b, size) <= limit:
+            # mild blocks: every past pair of every block of `size` rows, one masked matmul
+            A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
+            _tiles(o, size)[...] += A @ _tiles(v, size)
+            return o
         # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
         A = _across(qs, k, b, size)[0]  # (..., C/size, size/2, size/2)
         _halves(o, size)[..., 1, :, :] += A @ _halves(v, size)[..., 0, :, :]
@@ -135,7 +200,19 @@ def backward(do, qs, k, v, b, c):
         return [x[..., :C, :] for x in backward(do, qs, k, v, b, c)]
     # C order: the views below write into them
     dqs, dk, dv = (np.zeros(x.shape, dtype=x.dtype) for x in (qs, k, v))
+    limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v, do)
     while size > c:
+        if _widest_span(b, size) <= limit:
+            # mild blocks, one masked matmul: A = (q_ref @ k_ref^T) * mask, o += A v
+            # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
+            A, q_ref, k_ref, q_decay, k_decay = _in_blocks(qs, k, b, size)
+            do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
+            dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
+            dA *= _past_mask(size, dA.dtype)
+            _tiles(dv, size)[...] += A.swapaxes(-1, -2) @ do_blocks
+            _tiles(dqs, size)[...] += q_decay * (dA @ k_ref)
+            _tiles(dk, size)[...] += k_decay * (dA.swapaxes(-1, -2) @ q_ref)
+            return dqs, dk, dv
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first
         # so: dA = do_second v_first^T,  dv_first += A^T do_second,
         #     dq_ref = dA k_ref,  dk_ref = dA^T q_ref,  then times the factors

@@ -14,6 +14,8 @@ entering chunk n (H_0 = S_0) and s the query scale, each output is the sum of tw
 computed by halving the chunk (the paper's secondary tiling, taken further; see
 ``_chunk_tiles``) so that every exponent evaluated is <= 0: the tempting factoring q * exp(b)
 times k * exp(-b) overflows float32 inside a single chunk of 64 once the gates are strong.
+Where a block's gates are mild enough for that factoring to be safe (a bound proved on the
+page), the block is one masked matmul and is not halved further.
 docs/derivations/recurrence/chunked.md has the full argument, and the recurrent form is the
 reference.
 

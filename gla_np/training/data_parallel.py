@@ -167,23 +167,25 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
         rngs = [np.random.default_rng(seed)
                 for seed in rng.integers(0, 2 ** 63, size=len(bounds))]
 
-    def run(i):
-        start, stop = bounds[i]
-        return lm.loss_and_grads(params, ids[start:stop], targets[start:stop], config,
-                                 training=training, rng=rngs[i])
-
-    with _one_blas_thread():  # one BLAS thread per shard (module docstring)
-        results = list(_pool(threads).map(run, range(len(bounds))))
     counts = [int((targets[start:stop] != IGNORE).sum()) for start, stop in bounds]
     total = sum(counts)
     # loss = sum_s (n_s / n) loss_s,  grad = sum_s (n_s / n) grad_s   (module docstring)
     weights = [count / total if total else 0.0 for count in counts]
+
+    def run(i):
+        start, stop = bounds[i]
+        loss, grads, logits = lm.loss_and_grads(params, ids[start:stop], targets[start:stop],
+                                                config, training=training, rng=rngs[i])
+        for g in grads.values():  # (n_s / n) grad_s, in the shard's own thread
+            np.multiply(g, g.dtype.type(weights[i]), out=g)  # its own new array
+        return loss, grads, logits
+
+    with _one_blas_thread():  # one BLAS thread per shard (module docstring)
+        results = list(_pool(threads).map(run, range(len(bounds))))
     loss = sum(w * shard_loss for w, (shard_loss, _, _) in zip(weights, results))
-    grads = {}
-    for name in results[0][1]:
-        total_grad = results[0][1][name] * weights[0]  # a new array: the shards' stay as they are
-        for w, (_, shard_grads, _) in zip(weights[1:], results[1:]):
-            total_grad += shard_grads[name] * w
-        grads[name] = total_grad
+    grads = results[0][1]  # the weighted sum in shard order, into the first shard's arrays
+    for _, shard_grads, _ in results[1:]:
+        for name, g in grads.items():
+            g += shard_grads[name]
     logits = np.concatenate([shard_logits for _, _, shard_logits in results])
     return float(loss), grads, logits

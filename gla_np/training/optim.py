@@ -152,25 +152,34 @@ class Adam:
     def _update(self, params, grads, state, lr, decayed, weight_decay):
         """Adam on every parameter, after multiplying those in ``decayed`` by (1 - lr * wd)."""
         t = int(state["step"]) + 1
-        # Bias corrections in float64 Python scalars; they are weak scalars in NumPy's
-        # promotion rules, so float32 parameters stay float32. Under NumPy 1.x a 0-d float32
-        # parameter combined with a Python float becomes float64: the astype calls below
-        # (free when the dtype already matches) keep every slot in the parameter's dtype.
+        # Bias corrections in float64 Python scalars. Every scalar enters an operation in the
+        # parameter's dtype (``cast``), as NumPy 2 casts a Python float next to an array, so
+        # float32 parameters stay float32 (also a 0-d one under NumPy 1.x).
         correction1 = 1.0 - self.beta1 ** t
         correction2 = 1.0 - self.beta2 ** t
         new_params, new_state = {}, {"step": np.array(t, dtype=np.int64)}
         for key, p in params.items():
-            g = grads[key]
-            m = self.beta1 * state["m/" + key] + (1.0 - self.beta1) * g
-            v = self.beta2 * state["v/" + key] + (1.0 - self.beta2) * (g * g)
-            m, v = m.astype(p.dtype, copy=False), v.astype(p.dtype, copy=False)
+            g, cast = grads[key], p.dtype.type
+            # The rules of the module docstring, one operation at a time into arrays made here
+            # (buffer reuse: ``tmp`` holds (1 - beta1) g, then (1 - beta2) g^2, then the step).
+            tmp, m, v, denominator = (np.empty_like(p) for _ in range(4))  # (out=: also 0-d)
+            np.multiply(g, cast(1.0 - self.beta1), out=tmp)
+            np.multiply(state["m/" + key], cast(self.beta1), out=m)
+            m += tmp  # m_t = beta1 m_{t-1} + (1 - beta1) g_t
+            np.multiply(g, g, out=tmp)
+            tmp *= cast(1.0 - self.beta2)
+            np.multiply(state["v/" + key], cast(self.beta2), out=v)
+            v += tmp  # v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
             new_state["m/" + key], new_state["v/" + key] = m, v
             if key in decayed:
-                p = p * (1.0 - lr * weight_decay)  # decoupled: before, and outside, m and v
-            m_hat = m / correction1
-            v_hat = v / correction2
-            new_params[key] = (p - lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(
-                p.dtype, copy=False)
+                p = p * cast(1.0 - lr * weight_decay)  # decoupled: before, and outside, m and v
+            np.divide(m, cast(correction1), out=tmp)  # m^
+            tmp *= cast(lr)
+            np.divide(v, cast(correction2), out=denominator)  # v^
+            np.sqrt(denominator, out=denominator)
+            denominator += cast(self.eps)
+            tmp /= denominator  # lr m^ / (sqrt(v^) + eps)
+            new_params[key] = np.subtract(p, tmp, out=tmp)
         return new_params, new_state
 
 
