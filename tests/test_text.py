@@ -190,3 +190,25 @@ def test_a_python_without_the_default_text_says_what_to_do(monkeypatch, tmp_path
     assert refused(TINY + ["--out", str(tmp_path / "r")], capsys) == (
         "--text: no default text: this Python has no source file pydoc_data/topics.py; give "
         "--text PATH (any UTF-8 text file)\n")
+
+
+def test_a_text_edited_or_removed_during_a_run_does_not_reach_it(corpus_file, tmp_path,
+                                                                 monkeypatch):
+    copy = _write(tmp_path, open(corpus_file, encoding="utf-8").read(), "copy.txt")
+    sha = text.load(copy).sha256
+    train.main(TINY + ["--text", corpus_file, "--out", str(tmp_path / "a")])
+    real = train.batch
+
+    def batch(run, stream, index):  # the user edits the file, then removes it, mid-run
+        if stream == train.STREAM_DATA and index == 2:
+            with open(copy, "a", encoding="utf-8") as f:
+                f.write("new characters: Z, Q, 9\n" * 50)
+        if stream == train.STREAM_DATA and index == 4:
+            os.remove(copy)
+        return real(run, stream, index)
+
+    monkeypatch.setattr(train, "batch", batch)
+    train.main(TINY + ["--text", copy, "--out", str(tmp_path / "b")])
+    a, b = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
+    assert all(np.array_equal(a[name], b[name]) for name in a)  # the text read at the start
+    assert checkpoint.load(tmp_path / "b" / "checkpoint.npz").extra["text_sha256"] == sha

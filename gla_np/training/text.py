@@ -15,7 +15,8 @@ The loss is in nats per character; divided by ln 2 it is the bits per character
 English text.
 
 The file is read in place, checked (it must exist, be non-empty, be UTF-8 and hold no NUL
-byte), and kept in memory once per process (``load``). Nothing here downloads anything.
+byte), and kept in memory (``load``): a run reads it once, when it starts or resumes, and a
+change to the file after that does not reach the run. Nothing here downloads anything.
 
 The default text (``default_text``) is ``pydoc_data/topics.py`` of the running Python's standard
 library: the help texts that ``help("for")`` prints, generated from the Python documentation
@@ -27,7 +28,6 @@ Python string literals one line each: a model that learns it shows both, words a
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import math
@@ -66,26 +66,41 @@ def default_text():
     return path
 
 
-def load(path):
-    """Read and check the UTF-8 text file ``path``; returns a ``Corpus``. ValueError (one line,
-    starting ``text:``) for a missing, empty, binary or non-UTF-8 file. Cached per process: a
-    file read again is read again only when its size or modification time changed."""
+_READ = {}  # absolute path -> the Corpus this process read there last (``load``)
+_KEEP = 8  # texts kept in _READ; the oldest goes first
+
+
+def load(path, *, again=False):
+    """The UTF-8 text file ``path`` as a ``Corpus``; ValueError (one line, starting ``text:``)
+    for a missing, empty, binary or non-UTF-8 file.
+
+    A file is read once per process: later calls return the same Corpus without touching the
+    file, so a run trains on the text as it was when it started, even if the file is edited or
+    removed meanwhile. ``again=True`` reads it anew: a new run does, and a resumed one, which
+    then compares it with what the run stored (``check_stored``).
+    """
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ValueError(f"text: expected the path of a UTF-8 text file, got {path!r}")
     path = os.path.abspath(os.fspath(path))
+    if path in _READ and not again:
+        return _READ[path]
+    _READ.pop(path, None)
+    corpus = _read(path)
+    if len(_READ) >= _KEEP:
+        del _READ[next(iter(_READ))]
+    _READ[path] = corpus
+    return corpus
+
+
+def _read(path):
     try:
-        st = os.stat(path)
+        os.stat(path)
     except FileNotFoundError:
         raise ValueError(f"text: {path}: no such file") from None
     except OSError as err:
         raise ValueError(f"text: {path}: cannot be read ({err.strerror or err})") from None
     if os.path.isdir(path):
         raise ValueError(f"text: {path} is a folder; expected a UTF-8 text file")
-    return _load(path, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _load(path, size, mtime_ns):
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -174,7 +189,7 @@ def run_options(run, given=()):
         if run["text"] or "text" in given:
             raise ValueError(f"--text: only read by --task text, got --task {run['task']}")
         return {}
-    corpus = _flagged(lambda: load(run["text"] or default_text()))
+    corpus = _flagged(lambda: load(run["text"] or default_text(), again=True))
     n = len(corpus.vocab)
     if "vocab_size" in given and run["vocab_size"] != n:
         raise ValueError(f"--vocab_size: with --task text the vocabulary is the {n} distinct "
@@ -192,8 +207,8 @@ def _flagged(read):
 
 def stored(run):
     """What a text run saves beside its checkpoint's config: the vocabulary (so that
-    ``python -m gla_np.sample`` needs only the checkpoint) and the file's sha256. {} for any
-    other task."""
+    ``python -m gla_np.sample`` needs only the checkpoint) and the sha256 of the text it trains
+    on (as read when the run started). {} for any other task."""
     if run.get("task") != "text":
         return {}
     corpus = load(run["text"])
@@ -205,12 +220,15 @@ def check_stored(where, run, extra):
     same vocabulary and the same windows); ValueError naming ``where`` otherwise."""
     if run.get("task") != "text":
         return
-    now = stored(run)
+    try:
+        now = load(run["text"], again=True)
+    except ValueError as err:  # "text: <path>: ..." -> "<where>: config['text']: <path>: ..."
+        raise ValueError(f"{where}: config['text']: {str(err).partition(': ')[2]}") from None
     for key in ("vocab", "text_sha256"):
         if not isinstance(extra.get(key), str):
             raise ValueError(f"{where}: extra[{key!r}]: expected a string (a text run stores "
                              f"its vocabulary and its text's sha256), got {extra.get(key)!r}")
-    if extra["text_sha256"] != now["text_sha256"]:
-        chars = "; so do its characters" if extra["vocab"] != now["vocab"] else ""
+    if extra["text_sha256"] != now.sha256:
+        chars = "; so do its characters" if extra["vocab"] != now.vocab else ""
         raise ValueError(f"{where}: the text {run['text']} changed since the run started (its "
                          f"sha256 differs{chars}); resuming would train on other windows")
