@@ -21,6 +21,8 @@ loss and accuracy) at every logged step and before every checkpoint, so the CSV 
 than the checkpoint. Both are written atomically. At the end the model is evaluated on
 ``eval_batches`` held-out batches. Ctrl-C (SIGINT) or SIGTERM saves the last finished step and
 stops; a loss or gradient that is not finite stops the run and keeps the last good checkpoint.
+One run writes into a folder at a time: the run holds the folder's lock (``_files.lock_folder``)
+from before it checks the folder until it ends, and a second run is refused naming the first.
 What is refused up front, before any step, is in gla_np._train_checks; docs/reliability.md
 describes all of it from the user's side.
 
