@@ -362,6 +362,9 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
     _train_checks.check_session({"log_every": log_every, "save_every": save_every,
                                  "stop_after": stop_after, "threads": threads})
     _train_checks.check_history(run, log_every, label=lambda name: name)
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise ValueError(f"out: expected a folder name, got {out!r}")
+    out = os.fspath(out)
     if folder_lock is None:
         with _files.lock_folder(out, label="out") as folder_lock:
             return train(run, out=out, resume=resume, stop_after=stop_after,
