@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
@@ -192,8 +193,8 @@ def _try_lock(fd):
     except (BlockingIOError, PermissionError):
         return False
     except OSError as err:
-        if err.errno in (11, 13, 35, 36):  # EAGAIN, EACCES, EWOULDBLOCK (BSD), EDEADLK (Windows)
-            return False
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False  # (EDEADLK: msvcrt's "locked by another process")
         raise
     return True
 

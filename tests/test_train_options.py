@@ -251,3 +251,20 @@ def test_a_failed_csv_write_names_the_step_it_happened_at(tmp_path, capsys, monk
         train.main(TINY + ["--log_every", "2", "--save_every", "3", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert f"could not write {tmp_path / 'metrics.csv'} at step 3 (No space" in err
+
+
+def test_a_huge_layer_count_is_refused_by_arithmetic(tmp_path, capsys, monkeypatch):
+    """Regression: the memory estimate listed every layer's parameters, so --layers 10**9 ran
+    for minutes (deaf to a first SIGTERM) before the refusal."""
+    listed = []
+    real = _train_checks.model.param_shapes
+    monkeypatch.setattr(_train_checks.model, "param_shapes",
+                        lambda config: listed.append(config.num_layers) or real(config))
+    monkeypatch.setattr(_train_checks, "available_memory", lambda: 2 ** 34)
+    err = refused(TINY + ["--layers", str(10 ** 9), "--out", str(tmp_path / "run")], capsys)
+    assert err.startswith("--batch_size 8 with --seq_len 16: one training step needs about ")
+    assert max(listed) <= 2  # one and two layers, extended by arithmetic
+    run = vars(train.build_parser().parse_args(TINY + ["--layers", "3"]))
+    config = train.model_config(run)
+    params = lm.init_params(config, run["vocab_size"], np.random.default_rng(0))
+    assert _train_checks.param_bytes(run) == sum(p.nbytes for p in params.values())

@@ -239,12 +239,19 @@ def _itemsize(run):
 
 
 def param_bytes(run):
-    """Bytes of the token model's parameters (the embedding, the stack, the head)."""
-    config = GLAConfig(embed_dim=run["hidden"], hidden_size=run["hidden"],
-                       num_layers=run["layers"], num_heads=run["heads"],
-                       head_dim=run["head_dim"], expand_factor=run["expand"],
-                       use_short_conv=run["short_conv"], gate=run["gate"], dtype=run["dtype"])
-    return (model.param_count(config) + 2 * run["vocab_size"] * run["hidden"]) * _itemsize(run)
+    """Bytes of the token model's parameters (the embedding, the stack, the head).
+
+    Counted for one and for two layers and extended by arithmetic, every layer being alike: a
+    huge ``--layers`` costs nothing here (listing its parameters would)."""
+    def count(layers):
+        return model.param_count(GLAConfig(
+            embed_dim=run["hidden"], hidden_size=run["hidden"], num_layers=layers,
+            num_heads=run["heads"], head_dim=run["head_dim"], expand_factor=run["expand"],
+            use_short_conv=run["short_conv"], gate=run["gate"], dtype=run["dtype"]))
+
+    one, two = count(1), count(2)
+    stack = one + (run["layers"] - 1) * (two - one)
+    return (stack + 2 * run["vocab_size"] * run["hidden"]) * _itemsize(run)
 
 
 def available_memory():

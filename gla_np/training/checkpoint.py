@@ -145,7 +145,7 @@ def _members(path, f):
     return z, members
 
 
-def _npy_header(path, z, info, like=None):
+def _npy_header(path, z, info, like=None, max_bytes=None):
     """``(shape, dtype, fortran_order, data_start)`` of a member, read from its .npy header
     and checked against the template ``like`` (if given) and the member's stored size, before
     any of its data is read."""
@@ -169,6 +169,9 @@ def _npy_header(path, z, info, like=None):
             raise ValueError(f"{where} has shape {shape} and dtype {dtype}, expected {want[0]} "
                              f"and {want[1]}")
     nbytes = math.prod(shape) * dtype.itemsize
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(f"{where} holds {nbytes:,} bytes, more than the {max_bytes:,} a "
+                         f"checkpoint's text may hold")
     if start + nbytes != info.file_size:
         raise ValueError(f"{where}: its header claims shape {shape} of {dtype} "
                          f"({nbytes:,} bytes), but it stores {info.file_size - start:,}; "
@@ -201,14 +204,11 @@ def _text(path, z, members, key):
     """A 0-d string entry (format, config, extra), its size checked before it is read."""
     if key not in members:
         raise ValueError(f"checkpoint {path}: missing entry {key!r}")
-    header = _npy_header(path, z, members[key])
+    header = _npy_header(path, z, members[key], max_bytes=MAX_TEXT_BYTES)
     shape, dtype = header[:2]
     if shape != () or dtype.kind != "U":
         raise ValueError(f"checkpoint {path}: entry {key!r} should be a 0-d string, got "
                          f"{dtype} of shape {shape}")
-    if dtype.itemsize > MAX_TEXT_BYTES:
-        raise ValueError(f"checkpoint {path}: entry {key!r} holds {dtype.itemsize:,} bytes, "
-                         f"more than the {MAX_TEXT_BYTES:,} a checkpoint's text may hold")
     return str(_read_member(path, z, members[key], header))
 
 

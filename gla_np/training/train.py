@@ -21,6 +21,8 @@ loss and accuracy) at every logged step and before every checkpoint, so the CSV 
 than the checkpoint. Both are written atomically. At the end the model is evaluated on
 ``eval_batches`` held-out batches. Ctrl-C (SIGINT) or SIGTERM saves the last finished step and
 stops; a loss or gradient that is not finite stops the run and keeps the last good checkpoint.
+One run writes into a folder at a time: the run holds the folder's lock (``_files.lock_folder``)
+from before it checks the folder until it ends, and a second run is refused naming the first.
 What is refused up front, before any step, is in gla_np.training._train_checks; docs/reliability.md
 describes all of it from the user's side.
 
@@ -373,6 +375,9 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
     _train_checks.check_session({"log_every": log_every, "save_every": save_every,
                                  "stop_after": stop_after, "threads": threads})
     _train_checks.check_history(run, log_every, label=lambda name: name)
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise ValueError(f"out: expected a folder name, got {out!r}")
+    out = os.fspath(out)
     if folder_lock is None:
         with _files.lock_folder(out, label="out") as folder_lock:
             return train(run, out=out, resume=resume, stop_after=stop_after,
