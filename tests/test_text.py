@@ -6,6 +6,8 @@ import hashlib
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -212,3 +214,19 @@ def test_a_text_edited_or_removed_during_a_run_does_not_reach_it(corpus_file, tm
     a, b = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
     assert all(np.array_equal(a[name], b[name]) for name in a)  # the text read at the start
     assert checkpoint.load(tmp_path / "b" / "checkpoint.npz").extra["text_sha256"] == sha
+
+
+def test_a_fifo_is_refused_at_once_and_a_huge_file_before_it_is_read(tmp_path, monkeypatch):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    # in a subprocess with a timeout: opening a FIFO for reading would block until a writer came
+    code = (f"from gla_np.training import text\n"
+            f"try:\n    text.load({fifo!r})\nexcept ValueError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == f"text: {fifo}: is a FIFO, expected a regular file\n", done.stderr
+    monkeypatch.setattr(text, "MAX_BYTES", 10)
+    path = _write(tmp_path, DISTINCT)
+    with pytest.raises(ValueError, match=r"is larger than 10 bytes, the most a run reads; train on a "
+                                         r"part of it$"):
+        text.load(path, again=True)

@@ -94,8 +94,11 @@ def load_run(path):
         if not os.path.isfile(path):
             raise ValueError(f"RUN {folder}: holds no {CHECKPOINT}; expected the --out folder "
                              f"of a python -m gla_np.train run, or its checkpoint file")
-    elif not os.path.isfile(path):
+    elif not os.path.exists(path):
         raise ValueError(f"RUN {path}: no such file or folder")
+    elif not os.path.isfile(path):  # a FIFO or a device: checkpoint.load would say which
+        raise ValueError(f"RUN {path}: not a regular file; expected the --out folder of a "
+                         f"python -m gla_np.train run, or its checkpoint file")
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # every .npz is a zip file
             raise ValueError(f"RUN {path}: not a checkpoint (python -m gla_np.train writes "
