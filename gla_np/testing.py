@@ -320,13 +320,13 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
 def _step_weighted(magnitudes, g, mags, where):
     """Each magnitude with every term weighted by how many of the rows marked in ``where`` its
     decay window holds: minus the derivative of the magnitudes as those rows' gates move
-    together (a term whose window holds n of them scales by exp(-n eps)), by a difference
+    together (a term scales by exp(-shift) once per marked row its window holds), by a difference
     quotient small enough that the second-order part is below 1e-4 of it."""
     if not where.any():
         return [None if a is None else np.zeros_like(a) for a in mags]
-    eps = 1e-4 / float(where.sum())
-    shifted = magnitudes(g - eps * where[None, None, :, None])
-    return [None if a is None else np.maximum((a - b) / eps, 0.0) for a, b in zip(mags, shifted)]
+    shift = 1e-4 / float(where.sum())
+    moved = magnitudes(g - shift * where[None, None, :, None])
+    return [None if a is None else np.maximum((a - b) / shift, 0.0) for a, b in zip(mags, moved)]
 
 
 def _callers_layout(tensors, names, layout):
