@@ -19,8 +19,8 @@ or, tensor by tensor:
   with the entry's magnitude (the sum of the absolute values of the terms that make it), with
   the log-gate span of a chunk, and with the sequential steps each term went through (the
   kernel's chunk-to-chunk state passes, its decay window, the reference's own steps). On
-  failure it raises
-  :class:`BoundExceeded` (an AssertionError) naming the worst entry, with the ratio on it.
+  failure it raises :class:`BoundExceeded` (an AssertionError) naming the worst entry, with
+  the ratio on it.
 * :func:`judge` runs a kernel's forward and backward on the golden cases and on drawn inputs and
   reports every failing tensor of every case in one table.
 * :func:`gla_examples` is a hypothesis strategy for GLA inputs (hypothesis is a test-only
@@ -360,13 +360,20 @@ def _in_chunk_key_pairs(q_abs, k_abs, v_abs, g, do_abs, scale, segments, C):
         b = np.cumsum(b, axis=3)  # (B, H, N, c, K), chunk-local
         past = np.tril(np.ones((c, c), dtype=bool), k=-1)[:, :, None]  # t > u, (c, c, 1)
         pairs = np.empty_like(q)
-        step = max(1, 2 ** 22 // (Bsz * H * c * c * K))  # chunks per block (memory)
+        # blocks of chunks, and of key rows u inside a chunk, of at most 2^22 pair entries
+        per_chunk = Bsz * H * c * c * K
+        step = max(1, 2 ** 22 // per_chunk)  # chunks per block
+        keys = c if per_chunk <= 2 ** 22 else max(1, 2 ** 22 // (Bsz * H * c * K))
         for n in range(0, N, step):
             blk = slice(n, n + step)
-            log_w = np.where(past, b[:, :, blk, :, None, :] - b[:, :, blk, None, :, :], -np.inf)
-            x = scale * np.einsum("bhntv,bhnuv->bhntu", do[:, :, blk], v[:, :, blk])
-            dk_past = np.einsum("bhntu,bhntuk,bhntk->bhnuk", x, np.exp(log_w), q[:, :, blk])
-            pairs[:, :, blk] = k[:, :, blk] * dk_past
+            for u0 in range(0, c, keys):
+                us = slice(u0, u0 + keys)
+                log_w = np.where(past[:, us], b[:, :, blk, :, None, :] - b[:, :, blk, None, us, :],
+                                 -np.inf)  # (B, H, n, t, u, K)
+                x = scale * np.einsum("bhntv,bhnuv->bhntu", do[:, :, blk], v[:, :, blk, us])
+                dk_past = np.einsum("bhntu,bhntuk,bhntk->bhnuk", x, np.exp(log_w),
+                                    q[:, :, blk])
+                pairs[:, :, blk, us] = k[:, :, blk, us] * dk_past
         rev = np.flip(np.cumsum(np.flip(pairs, 3), 3), 3)  # sum over u >= r in the chunk
         out[:, :, seq] = rev.reshape(Bsz, H, N * c, K)[:, :, :n_rows]
     return out
