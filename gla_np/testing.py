@@ -611,7 +611,8 @@ def gla_examples(*, dtype=np.float32, layout="BHTK", max_T=70, max_width=6,
 
     Shapes: B, H in 1..2; K, V in 1..max_width (K = 1 included); T in 1..max_T: up to 70 a third
     of the time, just off a multiple of one of ``chunk_sizes`` a third (a ragged last chunk),
-    anywhere up to ``max_T`` the rest. Gates: per-step strength from ``strengths`` (0 is no
+    anywhere up to ``max_T`` the rest; with ``max_T`` > 70 a quarter of the draws are long
+    instead (``max_T`` / 4 to ``max_T``, and ``max_T`` itself). Gates: per-step strength from ``strengths`` (0 is no
     decay at all), every entry at -strength or uniform in [-strength, 0]; with ``resets`` some
     draws put -inf (a hard reset) at a few steps. Values: standard normal, or a cancelling
     variant where v repeats with alternating sign, so that outputs sum to little. The scale:
@@ -628,8 +629,10 @@ def gla_examples(*, dtype=np.float32, layout="BHTK", max_T=70, max_width=6,
         K, V = draw(st.integers(1, max_width)), draw(st.integers(1, max_width))
         C = draw(st.sampled_from(chunk_sizes))
         near = [t for t in (C - 1, C + 1, 2 * C - 1, 2 * C + 1) if 1 <= t <= max_T] or [1]
-        T = draw(st.one_of(st.integers(1, min(max_T, 70)), st.sampled_from(near),
-                           st.integers(1, max_T)))
+        lengths = [st.integers(1, min(max_T, 70)), st.sampled_from(near), st.integers(1, max_T)]
+        if max_T > 70:  # training lengths: a quarter of the draws from max_T / 4 up, max_T too
+            lengths.append(st.one_of(st.just(max_T), st.integers(max_T // 4, max_T)))
+        T = draw(st.one_of(*lengths))
         strength = draw(st.sampled_from(strengths))
         rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
         q, k = rng.standard_normal((2, B, H, T, K))
