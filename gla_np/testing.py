@@ -19,8 +19,8 @@ or, tensor by tensor:
   with the entry's magnitude (the sum of the absolute values of the terms that make it), with
   the log-gate span of a chunk, and with the sequential steps each term went through (the
   kernel's chunk-to-chunk state passes, its decay window, the reference's own steps). On
-  failure it raises
-  :class:`BoundExceeded` (an AssertionError) naming the worst entry, with the ratio on it.
+  failure it raises :class:`BoundExceeded` (an AssertionError) naming the worst entry, with
+  the ratio on it.
 * :func:`judge` runs a kernel's forward and backward on the golden cases and on drawn inputs and
   reports every failing tensor of every case in one table.
 * :func:`gla_examples` is a hypothesis strategy for GLA inputs (hypothesis is a test-only
@@ -320,13 +320,13 @@ def reference(q, k, v, g, *, initial_state=None, do=None, d_final_state=None, sc
 def _step_weighted(magnitudes, g, mags, where):
     """Each magnitude with every term weighted by how many of the rows marked in ``where`` its
     decay window holds: minus the derivative of the magnitudes as those rows' gates move
-    together (a term whose window holds n of them scales by exp(-n eps)), by a difference
+    together (a term scales by exp(-shift) once per marked row its window holds), by a difference
     quotient small enough that the second-order part is below 1e-4 of it."""
     if not where.any():
         return [None if a is None else np.zeros_like(a) for a in mags]
-    eps = 1e-4 / float(where.sum())
-    shifted = magnitudes(g - eps * where[None, None, :, None])
-    return [None if a is None else np.maximum((a - b) / eps, 0.0) for a, b in zip(mags, shifted)]
+    shift = 1e-4 / float(where.sum())
+    moved = magnitudes(g - shift * where[None, None, :, None])
+    return [None if a is None else np.maximum((a - b) / shift, 0.0) for a, b in zip(mags, moved)]
 
 
 def _callers_layout(tensors, names, layout):
@@ -360,13 +360,20 @@ def _in_chunk_key_pairs(q_abs, k_abs, v_abs, g, do_abs, scale, segments, C):
         b = np.cumsum(b, axis=3)  # (B, H, N, c, K), chunk-local
         past = np.tril(np.ones((c, c), dtype=bool), k=-1)[:, :, None]  # t > u, (c, c, 1)
         pairs = np.empty_like(q)
-        step = max(1, 2 ** 22 // (Bsz * H * c * c * K))  # chunks per block (memory)
+        # blocks of chunks, and of key rows u inside a chunk, of at most 2^22 pair entries
+        per_chunk = Bsz * H * c * c * K
+        step = max(1, 2 ** 22 // per_chunk)  # chunks per block
+        keys = c if per_chunk <= 2 ** 22 else max(1, 2 ** 22 // (Bsz * H * c * K))
         for n in range(0, N, step):
             blk = slice(n, n + step)
-            log_w = np.where(past, b[:, :, blk, :, None, :] - b[:, :, blk, None, :, :], -np.inf)
-            x = scale * np.einsum("bhntv,bhnuv->bhntu", do[:, :, blk], v[:, :, blk])
-            dk_past = np.einsum("bhntu,bhntuk,bhntk->bhnuk", x, np.exp(log_w), q[:, :, blk])
-            pairs[:, :, blk] = k[:, :, blk] * dk_past
+            for u0 in range(0, c, keys):
+                us = slice(u0, u0 + keys)
+                log_w = np.where(past[:, us], b[:, :, blk, :, None, :] - b[:, :, blk, None, us, :],
+                                 -np.inf)  # (B, H, n, t, u, K)
+                x = scale * np.einsum("bhntv,bhnuv->bhntu", do[:, :, blk], v[:, :, blk, us])
+                dk_past = np.einsum("bhntu,bhntuk,bhntk->bhnuk", x, np.exp(log_w),
+                                    q[:, :, blk])
+                pairs[:, :, blk, us] = k[:, :, blk, us] * dk_past
         rev = np.flip(np.cumsum(np.flip(pairs, 3), 3), 3)  # sum over u >= r in the chunk
         out[:, :, seq] = rev.reshape(Bsz, H, N * c, K)[:, :, :n_rows]
     return out
@@ -604,7 +611,8 @@ def gla_examples(*, dtype=np.float32, layout="BHTK", max_T=70, max_width=6,
 
     Shapes: B, H in 1..2; K, V in 1..max_width (K = 1 included); T in 1..max_T: up to 70 a third
     of the time, just off a multiple of one of ``chunk_sizes`` a third (a ragged last chunk),
-    anywhere up to ``max_T`` the rest. Gates: per-step strength from ``strengths`` (0 is no
+    anywhere up to ``max_T`` the rest; with ``max_T`` > 70 a quarter of the draws are long
+    instead (``max_T`` / 4 to ``max_T``, and ``max_T`` itself). Gates: per-step strength from ``strengths`` (0 is no
     decay at all), every entry at -strength or uniform in [-strength, 0]; with ``resets`` some
     draws put -inf (a hard reset) at a few steps. Values: standard normal, or a cancelling
     variant where v repeats with alternating sign, so that outputs sum to little. The scale:
@@ -621,8 +629,10 @@ def gla_examples(*, dtype=np.float32, layout="BHTK", max_T=70, max_width=6,
         K, V = draw(st.integers(1, max_width)), draw(st.integers(1, max_width))
         C = draw(st.sampled_from(chunk_sizes))
         near = [t for t in (C - 1, C + 1, 2 * C - 1, 2 * C + 1) if 1 <= t <= max_T] or [1]
-        T = draw(st.one_of(st.integers(1, min(max_T, 70)), st.sampled_from(near),
-                           st.integers(1, max_T)))
+        lengths = [st.integers(1, min(max_T, 70)), st.sampled_from(near), st.integers(1, max_T)]
+        if max_T > 70:  # training lengths: a quarter of the draws from max_T / 4 up, max_T too
+            lengths.append(st.one_of(st.just(max_T), st.integers(max_T // 4, max_T)))
+        T = draw(st.one_of(*lengths))
         strength = draw(st.sampled_from(strengths))
         rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
         q, k = rng.standard_normal((2, B, H, T, K))

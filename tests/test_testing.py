@@ -20,7 +20,7 @@ from gla_np.testing import NAMES, Reference, assert_all_close, assert_close, ref
 
 ARGS = ("q", "k", "v", "g", "initial_state", "do", "d_final_state")
 WORST = {}  # correct kernel's name -> (worst |error| / bound, q's shape, gate strength)
-CORRECT_NAMES = {k.__name__ for k in pk.CORRECT}
+SWEPT = []  # T of every example the float32 sweep drew
 
 
 def draw_free_inputs(seed=0, B=2, T=9, H=3, K=4, V=2, dtype=np.float32, gate=1.0):
@@ -241,12 +241,14 @@ def check_kernel(kernel, ex):
 
 
 INDEPENDENT = {C: pk.as_kernel(*pk.chunked_kernel(C)) for C in (16, 64)}
+CORRECT_NAMES = {k.__name__ for k in pk.CORRECT} | {k.__name__ for k in INDEPENDENT.values()}
 
 
 @given(testing.gla_examples(dtype=np.float32, layout="BTHK", max_T=SWEEP_MAX_T, resets=True))
 def test_correct_float32_kernels_pass_across_the_strategies(ex):
     """No false alarm: T up to 70 here, up to 4,096 over 2,000 examples in the slow profile
     (HYPOTHESIS_PROFILE=slow, docs/testing-your-kernel.md)."""
+    SWEPT.append(ex.q.shape[1])
     check_kernel(pk.stable_recurrent, ex)
     C = 16 if ex.q.shape[1] % 2 else 64  # (B, T, H, K): odd T chunks by 16, even T by 64
     check_kernel(pk.gla_np_chunked(C), ex)
@@ -316,6 +318,9 @@ def test_strategies_say_clearly_when_hypothesis_is_missing(monkeypatch):
 @pytest.fixture(scope="module", autouse=True)
 def report_worst_ratio():
     yield
+    if SWEPT:
+        print(f"\nfloat32 sweep: {len(SWEPT)} examples, T up to {max(SWEPT)}, "
+              f"{sum(t > 1024 for t in SWEPT)} with T > 1024")
     for kernel, (worst, name, shape, strength) in sorted(WORST.items()):
         print(f"\nworst |error| / bound, correct float32 kernel {kernel}: {worst:.3f} on "
               f"{name} (q {shape}, gate strength {strength})")
