@@ -168,6 +168,8 @@ def forward(qs, k, v, b, c):
         if _widest_span(b, size) <= limit:
             # mild blocks: every past pair of every block of `size` rows, one masked matmul
             A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
+            if size == C:  # the first level: nothing added yet, A v is the output
+                return (A @ _tiles(v, size)).reshape(v.shape)
             _tiles(o, size)[...] += A @ _tiles(v, size)
             return o
         # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
@@ -209,9 +211,12 @@ def backward(do, qs, k, v, b, c):
             do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
             dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
             dA *= _past_mask(size, dA.dtype)
-            _tiles(dv, size)[...] += A.swapaxes(-1, -2) @ do_blocks
-            _tiles(dqs, size)[...] += q_decay * (dA @ k_ref)
-            _tiles(dk, size)[...] += k_decay * (dA.swapaxes(-1, -2) @ q_ref)
+            mild = [(dqs, q_decay * (dA @ k_ref)), (dk, k_decay * (dA.swapaxes(-1, -2) @ q_ref)),
+                    (dv, A.swapaxes(-1, -2) @ do_blocks)]
+            if size == C:  # the first level: nothing added yet, these are the gradients
+                return [part.reshape(total.shape) for total, part in mild]
+            for total, part in mild:
+                _tiles(total, size)[...] += part
             return dqs, dk, dv
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first
         # so: dA = do_second v_first^T,  dv_first += A^T do_second,
