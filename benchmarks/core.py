@@ -11,7 +11,7 @@ one thread (OpenBLAS on one thread, as in a training step's shard). Gates:
             about 3 in every channel, so each chunk is one masked matmul
             (docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul")
     strong  g = logsigmoid(z) with z ~ N(0, 1) - 2: about -2.2 per step, spans of about 140
-            per chunk; the chunk is halved down to blocks whose span is small enough
+            per chunk; the chunk is halved down to blocks whose span is small enough (4 rows)
 
 The inputs are the same as torch_core.py's (``make_inputs``, seed 0). Printed: min and median
 ms over ``--repeats`` runs after two warm-ups, and the median CPU time. Like train_step.py, the

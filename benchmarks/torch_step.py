@@ -42,6 +42,11 @@ relative error ||torch - gla_np|| / ||gla_np|| of the gradient against ``lm.loss
 of one clipped AdamW update against ``optim``'s, and exits with status 1 if the worst is above
 1e-8.
 
+``--interleave`` times gla_np's step (train_step.make_step, under the same process settings
+as train_step.py) and PyTorch's alternately, step by step, in this one process, so that both
+see the same load at every moment on a shared machine: use it at one thread (at two, PyTorch's
+OpenMP threads spin between its steps and take the core that gla_np's second thread needs).
+
 Timing: for each config and thread count (``torch.set_num_threads``; one inter-op thread), min
 and median ms per step over ``--repeats`` steps after two warm-up steps, tokens per second at the
 median, and the median CPU time of the process per step, in train_step.py's table. Like
@@ -60,6 +65,7 @@ import os
 import platform
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gla_np import data_parallel, lm, optim, tasks  # noqa: E402
 from gla_np import gla_layer  # noqa: E402
 from gla_np.layers.model import GLAConfig  # noqa: E402
-from train_step import CONFIGS, VOCAB, cpu_model, time_steps  # noqa: E402  (this script's folder)
+from train_step import CONFIGS, VOCAB, cpu_model, make_step, time_steps  # noqa: E402  (this folder)
 
 LR, MAX_NORM, WEIGHT_DECAY = 1e-3, 1.0, 0.1
 MALLOC_ENV = {n: v for n, v in data_parallel.PROCESS_ENV.items() if n.startswith("MALLOC_")}
@@ -317,6 +323,28 @@ def machine_summary():
             f"Python {platform.python_version()}, NumPy {np.__version__}; {malloc}")
 
 
+def interleave(names, threads, repeats, form):
+    """gla_np's step and PyTorch's, alternately in this process: min and median ms of each."""
+    print(f"\n{'config':<7} {'threads':>7} {'gla_np min':>11} {'median':>8} {'torch min':>10} "
+          f"{'median':>8} {'ratio':>6}")
+    for name in names:
+        config, params, ids, targets = make_problem(name, "float32")
+        for n in threads:
+            torch.set_num_threads(n)
+            steps = [make_step(name, n)[0], TorchStep(config, params, ids, targets, form)]
+            for step in steps * 2:  # two warm-ups each
+                step()
+            times = [[], []]
+            for _ in range(repeats or (10 if name == "large" else 40)):
+                for step, t in zip(steps, times):
+                    start = time.perf_counter()
+                    step()
+                    t.append(time.perf_counter() - start)
+            (g_min, g_med), (t_min, t_med) = [(1e3 * min(t), 1e3 * np.median(t)) for t in times]
+            print(f"{name:<7} {n:>7} {g_min:>11.1f} {g_med:>8.1f} {t_min:>10.1f} {t_med:>8.1f} "
+                  f"{g_med / t_med:>6.2f}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["small", "large"],
@@ -333,13 +361,16 @@ def main(argv=None):
                         help="the recurrence inside a chunk: naive (one masked matmul, fastest, "
                              "unstable at strong gates) or stable (sub-chunks of "
                              f"{SUB_CHUNK}, every exponent <= 0)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time gla_np's step and PyTorch's alternately in this process")
     parser.add_argument("--raw", action="store_true",
                         help="do not restart with the malloc settings of "
                              "data_parallel.PROCESS_ENV")
     args = parser.parse_args(argv)
-    if not args.raw and any(os.environ.get(n) != v for n, v in MALLOC_ENV.items()):
+    env = data_parallel.PROCESS_ENV if args.interleave else MALLOC_ENV
+    if not args.raw and any(os.environ.get(n) != v for n, v in env.items()):
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **MALLOC_ENV})
+                  {**os.environ, **env})
     torch.set_num_interop_threads(1)  # before any parallel work
     if args.check:
         worst = check(list(CONFIGS), args.form)
@@ -347,6 +378,9 @@ def main(argv=None):
         sys.exit(1 if worst > CHECK_TOLERANCE else 0)
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     print(machine_summary())
+    if args.interleave:
+        interleave(args.configs, threads, args.repeats, args.form)
+        return
     print(f"\n{'config':<7} {'threads':>7} {'min ms':>8} {'median ms':>10} {'tokens/s':>10} "
           f"{'CPU ms':>8}")
     for name in args.configs:

@@ -28,3 +28,11 @@ def test_forms_prints_the_chunk_form():
     out = _run("forms.py", "--T", "16", "--forms", "chunk", "--dtypes", "float64",
                "--repeats", "1", "--B", "1", "--H", "1", "--K", "4", "--V", "4")
     assert re.search(r"^chunk\s+float64\s+16\s", out, re.M), out
+
+
+def test_core_prints_a_row_per_gate_strength():
+    out = _run("core.py", "--gates", "init", "strong", "--T", "128", "--repeats", "1")
+    for gates in ("init", "strong"):
+        row = re.search(rf"^{gates}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+        assert row is not None, out
+        assert 0 < float(row[1]) <= float(row[2])

@@ -25,18 +25,20 @@ elementwise, one distance d = t - u at a time: rows d.. of every tile against th
 them. Only past pairs are ever formed.
 
 Mild blocks. Where the gates of a block are mild, its pairs need no halving: through the
-block's first row a, exp(b_t - b_u) = exp(b_t - b_a) * exp(b_a - b_u) with a query factor in
-[exp(-D), 1] and a key factor in [1, exp(D)], D the block's span (the gates of its rows after a,
-strongest channel), and all the block's pairs are one matmul with the pairs u >= t masked to 0.
-Before each level is halved, if every block of the level spans at most ``_span_limit`` (a bound
-that keeps every number the matmul makes finite, the masked pairs included, and both factors
-well inside the dtype's range), the whole level is done so and the halving stops. A fresh
-layer's chunk of 64 is one matmul; strong gates are halved as below.
+block's first row, exp(b_t - b_u) = exp(b_t - b_first) * exp(b_first - b_u) with a query
+factor in [exp(-span), 1] and a key factor in [1, exp(span)], span = max over the channels of
+b_first - b_last (the gates of the block's rows after its first), and all the block's pairs are
+one matmul with the pairs u >= t masked to 0. Before each level is halved, if every block of
+the level spans at most ``_span_limit`` (a bound that keeps every number the matmul makes
+finite, the masked pairs included, and both factors well inside the dtype's range), the whole
+level is done so and the halving stops. A fresh layer's chunk of 64 is one matmul; strong gates
+are halved as below.
 
-Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is not a tile size times a power of two
-is padded with rows after its end (gates 0, q, k, v zero) and the padding cut off again. Each
-level costs about C K exps and two matmuls per chunk; the tiles about (c - 1) K / 2 per row; see
-docs/derivations/recurrence/chunked.md for the measurements behind the default c.
+Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is
+not a tile size times a power of two is padded with rows after its end (gates 0, q, k, v zero)
+and the padding cut off again. Each level costs about C K exps and two matmuls per chunk; the
+tiles about (c - 1) K / 2 per row; see docs/derivations/recurrence/chunked.md for the
+measurements behind the default c.
 """
 
 from __future__ import annotations
@@ -96,25 +98,26 @@ def _across(qs, k, b, size):
     return q_ref @ k_ref.swapaxes(-1, -2), q_ref, k_ref, q_decay, k_decay
 
 
-def _span_limit(dtype, n, *arrays):
+def _span_limit(dtype, width, *arrays):
     """The widest log-gate span a block may have for its pairs to be one masked matmul (M3).
 
-    docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul": with m the largest
-    magnitude in ``arrays`` (at least 1) and n the largest of the block's rows and the channels,
-    every number the one-matmul form makes is at most n^2 m^3 exp(span) in size (M2); the limit
+    docs/derivations/recurrence/chunked.md, "Mild blocks: one matmul": with mag the largest
+    magnitude in ``arrays`` (at least 1) and ``width`` at least the block's rows and the
+    channels K and V, every number the one-matmul form makes is at most
+    width^2 mag^3 exp(span) in size (M2); the limit
     keeps that below half the dtype's largest number, and exp(span) below its fourth root.
     nan or inf in the arrays give -inf or nan: no block qualifies (a comparison with nan is
     False).
     """
     info = np.finfo(dtype)
-    m = max([1.0] + [float(max(x.max(), -x.min())) for x in arrays])
-    room = math.log(float(info.max) / 2) - 2 * math.log(n) - 3 * math.log(m)
+    mag = max([1.0] + [float(max(x.max(), -x.min())) for x in arrays])
+    room = math.log(float(info.max) / 2) - 2 * math.log(width) - 3 * math.log(mag)
     return min(math.log(float(info.max)) / 4, room)
 
 
 def _widest_span(b, size):
-    """The largest log-gate span b_a - b_z over every block of ``size`` rows and channel (a the
-    block's first row, z its last): max over the blocks of the exponents' bound (M1)."""
+    """The largest log-gate span b_first - b_last over every block of ``size`` rows and channel
+    (the block's first and last rows): the bound of the exponents of (M1)."""
     b_blocks = _tiles(b, size)
     return float(np.max(b_blocks[..., 0, :] - b_blocks[..., -1, :]))
 
@@ -128,14 +131,15 @@ def _past_mask(size, dtype):
 
 
 def _in_blocks(qs, k, b, size):
-    """Every past pair of every block of ``size`` rows as one matmul through the block's first row
-    a: (A, q_ref, k_ref, q_decay, k_decay), A (..., C/size, size, size) = q_ref @ k_ref^T times
-    the mask u < t, q_ref = qs * exp(b - b_a) (factors <= 1), k_ref = k * exp(b_a - b) (factors
+    """Every past pair of every block of ``size`` rows as one matmul through the block's first
+    row: (A, q_ref, k_ref, q_decay, k_decay), A (..., C/size, size, size) = q_ref @ k_ref^T
+    times the mask u < t, q_ref = qs * exp(b - b_first) (factors <= 1), k_ref = k *
+    exp(b_first - b) (factors
     <= exp(span)). Only for mild blocks, whose span is below ``_span_limit``."""
     b_blocks = _tiles(b, size)
-    q_decay = b_blocks - b_blocks[..., :1, :]  # (..., C/size, size, K), <= 0
-    k_decay = np.exp(np.negative(q_decay))  # exp(b_a - b_u) in [1, exp(span)]    (M1)
-    np.exp(q_decay, out=q_decay)  # exp(b_t - b_a) in [exp(-span), 1]
+    q_decay = b_blocks - b_blocks[..., :1, :]  # b_t - b_first (..., C/size, size, K), <= 0
+    k_decay = np.exp(np.negative(q_decay))  # exp(b_first - b_u) in [1, exp(span)]   (M1)
+    np.exp(q_decay, out=q_decay)  # exp(b_t - b_first) in [exp(-span), 1]
     q_ref = _tiles(qs, size) * q_decay
     k_ref = _tiles(k, size) * k_decay
     A = q_ref @ k_ref.swapaxes(-1, -2)  # every entry finite: (M2) under (M3)
@@ -168,6 +172,8 @@ def forward(qs, k, v, b, c):
         if _widest_span(b, size) <= limit:
             # mild blocks: every past pair of every block of `size` rows, one masked matmul
             A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
+            if size == C:  # the first level: nothing added yet, A v is the output
+                return (A @ _tiles(v, size)).reshape(v.shape)
             _tiles(o, size)[...] += A @ _tiles(v, size)
             return o
         # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
@@ -209,9 +215,12 @@ def backward(do, qs, k, v, b, c):
             do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
             dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
             dA *= _past_mask(size, dA.dtype)
-            _tiles(dv, size)[...] += A.swapaxes(-1, -2) @ do_blocks
-            _tiles(dqs, size)[...] += q_decay * (dA @ k_ref)
-            _tiles(dk, size)[...] += k_decay * (dA.swapaxes(-1, -2) @ q_ref)
+            mild = [(dqs, q_decay * (dA @ k_ref)), (dk, k_decay * (dA.swapaxes(-1, -2) @ q_ref)),
+                    (dv, A.swapaxes(-1, -2) @ do_blocks)]
+            if size == C:  # the first level: nothing added yet, these are the gradients
+                return [part.reshape(total.shape) for total, part in mild]
+            for total, part in mild:
+                _tiles(total, size)[...] += part
             return dqs, dk, dv
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first
         # so: dA = do_second v_first^T,  dv_first += A^T do_second,

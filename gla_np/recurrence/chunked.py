@@ -265,7 +265,7 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     else:
         E, d_initial_state = None, np.zeros_like(d_final_state)
 
-    dq_inter = dk_state = dv_state = 0  # exactly zero when the states they pass through are
+    dq_inter = dk_state = dv_state = None  # exactly zero when the states they pass through are
     if reads_state:
         # forward (1): o_t = s * H_n^T (q_t * exp b_t)
         # so:  dq_t = s * exp(b_t) * (H_n do_t)
@@ -283,16 +283,26 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
     A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
     dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
-    dv = dv_past + A_self * do_c + dv_state
-    dq_gated = s * dqs_past + dq_inter  # the parts of dq that pass through a gate
+    dv = _total(dv_past, A_self * do_c, dv_state)
+    dq_gated = _total(s * dqs_past, dq_inter)  # the parts of dq that pass through a gate
     dq = dq_gated + s * dA_self * k_c
-    dk = dk_past + dA_self * qs + dk_state
+    dk = _total(dk_past, dA_self * qs, dk_state)
 
     # the log gates: every gated exponent above passes its gradient to the gates it sums
     dg = _gate_grad(q_c * dq_gated - k_c * dk_past,
                     k_c * dk_state if writes_state else None, l,
                     entering if reads_state else None, E)
     return (*[_from_chunks(x, T) for x in (dq, dk, dv, dg)], d_initial_state)
+
+
+def _total(*terms):
+    """The sum of the terms that are not None (those are exactly zero), without a pass over a
+    zero; a new array when two or more terms are given."""
+    present = [term for term in terms if term is not None]
+    total = present[0] + present[1] if len(present) > 1 else present[0]
+    for term in present[2:]:
+        total += term
+    return total
 
 
 def _state_grads(q_read, do_c, l, d_final_state):
