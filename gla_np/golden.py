@@ -17,9 +17,10 @@ the names. The bounds come from the error model of gla_np.testing for the kernel
 and chunk size (docs/testing-your-kernel.md). :func:`load_cases` reads such a file back
 safely.
 
-The cases are chosen so that each of four classic kernel bugs is caught by at least one of them
+The cases are chosen so that each of five classic kernel bugs is caught by at least one of them
 (the decay applied after the write, dg without the final-state term, the naive exp(cumsum)
-factoring, the scale put on k in the backward); the table is in docs/testing-your-kernel.md.
+factoring, the scale put on k in the backward, the scale= argument ignored); the table is in
+docs/testing-your-kernel.md.
 Cases marked optional use features not every kernel has (hard resets, packed sequences).
 """
 
