@@ -84,6 +84,10 @@ def test_bad_paths_sizes_and_vocabulary(tmp_path):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"^seq_len: expected at most 19 for .*got 20$"):
         text.windows(rng, 2, seq_len=20, text=path)
+    one = _write(tmp_path, "a", "one.txt")  # no window at all: said so, not "at most -1"
+    with pytest.raises(ValueError, match=r"^text: .*one.txt is too short: its 1 characters "
+                                         r"split 90/10 leave 0 in one part"):
+        text.windows(rng, 2, seq_len=4, text=one)
     with pytest.raises(ValueError, match=r"^vocab_size: expected 200, the number of distinct"):
         text.windows(rng, 2, seq_len=4, text=path, vocab_size=256)
     with pytest.raises(ValueError, match=r"^split: expected one of \['train', 'heldout'\]"):

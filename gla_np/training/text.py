@@ -170,6 +170,10 @@ def windows(rng, batch_size, *, seq_len=64, vocab_size=None, text=None, split="t
         raise ValueError(f"vocab_size: expected {n}, the number of distinct characters in "
                          f"{corpus.path}, got {vocab_size!r}")
     shortest = min(corpus.split, len(corpus.ids) - corpus.split)
+    if shortest < 2:  # no window at all, whatever seq_len
+        raise ValueError(f"text: {corpus.path} is too short: its {len(corpus.ids):,} "
+                         f"characters split 90/10 leave {shortest} in one part, and a window "
+                         f"reads at least 2 (say, 20 characters or more)")
     if shortest < T + 1:
         raise ValueError(f"seq_len: expected at most {shortest - 1} for {corpus.path} (its "
                          f"{len(corpus.ids):,} characters split 90/10; a window of each part "
