@@ -187,3 +187,89 @@ def test_ctrl_c_stops_writing_without_a_traceback(text_run, capsys):
         sample.main([str(text_run), "--prompt", "the ", "--tokens", "100"], out=out)
     assert exc.value.code == 130 and len(out.written) == 11
     assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"
+
+
+# -- hostile input (issue 22's probe): each of these was a traceback or a wrong refusal ---------
+
+def test_option_errors_are_one_line_and_a_tiny_temperature_is_greedy(text_run, capsys):
+    for argv in (["--tokens", "nan"], ["--seed", "1.5"], ["--bogus"], ["--tokens"]):
+        assert _refused([str(text_run), *argv], capsys).endswith("; see --help")
+    logits = np.array([0.5, 3.0, -1.0, 2.9])
+    with np.errstate(over="raise", invalid="raise"):  # no overflow warning either
+        for t in (5e-324, 1e-320, 1e-300):  # logits / t overflowed to inf, inf - inf = nan
+            assert sample.pick(logits, t, None, np.random.default_rng(0)) == 1
+    with pytest.raises(ValueError, match="^logits: the model's logits are nan or inf"):
+        sample.pick(np.array([0.0, np.inf]), 1.0, None, np.random.default_rng(0))
+
+
+def _edited(text_run, tmp_path, name, *, config=None, extra=None, params=None):
+    ck = train.checkpoint.load(text_run / "checkpoint.npz")
+    path = tmp_path / name
+    train.checkpoint.save(path, config={**ck.config, **(config or {})},
+                          params={**ck.params, **(params or {})}, opt_state=ck.opt_state,
+                          step=ck.step, extra={**ck.extra, **(extra or {})})
+    return str(path)
+
+
+def test_sampling_needs_the_checkpoint_only_not_the_training_text(text_run, tmp_path, capsys):
+    gone = _edited(text_run, tmp_path, "moved.npz", config={"text": str(tmp_path / "gone.txt")})
+    assert sample.main([gone, "--prompt", "the ", "--tokens", "5", "--seed", "3"]) == \
+        sample.main([str(text_run), "--prompt", "the ", "--tokens", "5", "--seed", "3"])
+
+
+def test_a_damaged_vocabulary_or_overflowing_weights_are_one_line(text_run, tmp_path, capsys):
+    vocab = train.checkpoint.load(text_run / "checkpoint.npz").extra["vocab"]
+    for bad in (vocab[0] * len(vocab), vocab[::-1], "\ud800" + vocab[1:]):
+        path = _edited(text_run, tmp_path, "vocab.npz", extra={"vocab": bad})
+        assert _refused([path], capsys).endswith(
+            "extra['vocab']: expected distinct characters in order of code point, none a "
+            "surrogate (a text file's characters, as training stores them); damaged or edited")
+    W = train.checkpoint.load(text_run / "checkpoint.npz").params["head.weight"]
+    path = _edited(text_run, tmp_path, "huge.npz", params={"head.weight": np.full_like(W, 3e38)})
+    with pytest.raises(SystemExit) as exc:
+        sample.main([path, "--prompt", "the ", "--tokens", "5"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err == (
+        "\npython -m gla_np.sample: error: the model's activations overflow to nan or inf with "
+        "this run's weights (largest weight: 'head.weight', up to 3e+38); it cannot write\n")
+
+
+def test_an_output_that_fails_or_cannot_encode_is_one_line(text_run, tmp_path, capsys,
+                                                            monkeypatch):
+    import errno
+    import io
+
+    class Full:
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run), "--prompt", "the ", "--tokens", "5"], out=Full())
+    assert exc.value.code == 1 and capsys.readouterr().err == (
+        "python -m gla_np.sample: error: cannot write the text (No space left on device)\n")
+    monkeypatch.setattr(sys, "stdout", None)  # what Python makes of `>&-`
+    assert _refused([str(text_run), "--tokens", "5"], capsys) == (
+        "stdout: closed; the text is written there")
+    # a console that cannot show every character (ASCII, cp1252): such a one is escaped
+    vocab = train.checkpoint.load(text_run / "checkpoint.npz").extra["vocab"]
+    accented = _edited(text_run, tmp_path, "accented.npz", extra={"vocab": vocab[:-1] + "é"})
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    written = sample.main([accented, "--prompt", "é", "--tokens", "20", "--seed", "3"])
+    ascii_out.flush()
+    shown = "é" + written + "\n"
+    assert ascii_out.buffer.getvalue().decode("ascii") == shown.replace("é", "\\xe9")
+
+
+def test_ctrl_c_while_the_run_is_read_is_one_line(text_run, capsys, monkeypatch):
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "load_run", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run)])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"

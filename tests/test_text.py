@@ -84,6 +84,10 @@ def test_bad_paths_sizes_and_vocabulary(tmp_path):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"^seq_len: expected at most 19 for .*got 20$"):
         text.windows(rng, 2, seq_len=20, text=path)
+    one = _write(tmp_path, "a", "one.txt")  # no window at all: said so, not "at most -1"
+    with pytest.raises(ValueError, match=r"^text: .*one.txt is too short: its 1 characters "
+                                         r"split 90/10 leave 0 in one part"):
+        text.windows(rng, 2, seq_len=4, text=one)
     with pytest.raises(ValueError, match=r"^vocab_size: expected 200, the number of distinct"):
         text.windows(rng, 2, seq_len=4, text=path, vocab_size=256)
     with pytest.raises(ValueError, match=r"^split: expected one of \['train', 'heldout'\]"):
@@ -229,4 +233,29 @@ def test_a_fifo_is_refused_at_once_and_a_huge_file_before_it_is_read(tmp_path, m
     path = _write(tmp_path, DISTINCT)
     with pytest.raises(ValueError, match=r"is larger than 10 bytes, the most a run reads; train on a "
                                          r"part of it$"):
+        text.load(path, again=True)
+
+
+def test_reading_a_text_costs_little_memory_and_too_little_is_one_line(tmp_path, monkeypatch):
+    # np.unique over the code points sorted the whole file: 25 bytes a character at the peak,
+    # and a MemoryError traceback under a memory limit (a 120 MB text under 2.5 GB)
+    import tracemalloc
+
+    path = _write(tmp_path, ("the cat sat on the mat, é ☃ \U0001F600\n" * 40_000)[:1_000_000])
+    tracemalloc.start()
+    try:
+        corpus = text.load(path, again=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(corpus.ids) == 1_000_000 and peak < 16 * 1_000_000, peak  # before: 35 a char
+    line = "the cat sat on the mat, é ☃ \U0001F600\n"
+    assert text.decode(corpus.vocab, corpus.ids[:2 * len(line)]) == 2 * line
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(text.np, "frombuffer", no_memory)
+    with pytest.raises(ValueError, match=r"^text: .*t.txt: not enough memory to read its "
+                                         r"1,000,000 characters \(9 to 16 bytes each\)"):
         text.load(path, again=True)

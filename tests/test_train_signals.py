@@ -165,3 +165,26 @@ def test_a_burst_of_signals_exits_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert checkpoint.load(tmp_path / "checkpoint.npz").step >= 2
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
+
+
+def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, capsys):
+    # a read that blocks before training (a text or checkpoint that is a device in disguise,
+    # like /proc/kmsg) must not make the command deaf: the first signal stops it there
+    import time
+
+    from gla_np.training import text
+
+    def blocking_read(run, given=()):
+        signal.raise_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # a read the kernel restarts after each signal
+            time.sleep(0.001)
+        raise AssertionError("the signal did not stop the checks")
+
+    monkeypatch.setattr(text, "run_options", blocking_read)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--out", str(tmp_path / "run")])
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
+                                       "before training started; nothing was written\n")
+    assert not (tmp_path / "run").exists()

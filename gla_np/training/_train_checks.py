@@ -60,15 +60,18 @@ def _int(label, name, value, minimum):
         raise ValueError(f"{label(name)}: expected an integer >= {minimum}, got {value!r}")
 
 
-def check_run(run, label=flag):
+def check_run(run, label=flag, *, draw=True):
     """Check the options that shape a run (the keys ``RUN_KEYS``); ValueError naming the first
     bad one as ``label(name)``. Types are checked too, for configs read from a file.
 
     Cheapest first: types, ranges and how the options fit together (arithmetic), then memory,
-    and only then the task's own size rules, which draw one sequence of the run's length."""
+    and only then the task's own size rules, which draw one sequence of the run's length
+    (``draw=False`` skips them: for a text run they read the text file, which sampling from a
+    finished run must not need)."""
     _check_options(run, label)
     check_memory(run, label)
-    _check_task_sizes(run, label)
+    if draw:
+        _check_task_sizes(run, label)
 
 
 def _check_options(run, label):
@@ -165,9 +168,10 @@ def check_history(run, log_every, label=flag):
                          f"raise {label('log_every')} or lower {label('steps')}")
 
 
-def check_stored_run(path, config, run_keys):
+def check_stored_run(path, config, run_keys, *, draw=True):
     """The run options stored in checkpoint ``path``, checked as ``check_run`` checks the
-    command line (named ``config['key']``); ValueError for a missing, unknown or bad key."""
+    command line (named ``config['key']``); ValueError for a missing, unknown or bad key.
+    ``draw``: as for ``check_run``."""
     where = f"checkpoint {path}"
     if not isinstance(config, dict):
         raise ValueError(f"{where}: config: expected a JSON object, got {type(config).__name__}")
@@ -184,7 +188,7 @@ def check_stored_run(path, config, run_keys):
         if isinstance(run[name], int) and not isinstance(run[name], bool):
             run[name] = float(run[name])
     try:
-        check_run(run, label=lambda name: f"config[{name!r}]")
+        check_run(run, label=lambda name: f"config[{name!r}]", draw=draw)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     return run

@@ -22,14 +22,16 @@ With ``temperature=0`` the pick is the most likely character (greedy), and the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
 
 import numpy as np
 
 from gla_np.training import _train_checks, checkpoint, lm, text
-from gla_np.training.train import CHECKPOINT, RUN_OPTIONS, model_config
+from gla_np.training.train import CHECKPOINT, RUN_OPTIONS, _one_line, _Parser, model_config
 
 READS = ("chunk", "step")
 
@@ -56,13 +58,20 @@ def pick(logits, temperature, top_k, rng):
     """The next token from logits (vocab,): the most likely one when ``temperature`` is 0, else a
     draw from ``rng`` with probabilities softmax(logits / temperature) over the ``top_k`` most
     likely tokens (None: all of them)."""
+    logits = np.asarray(logits, dtype=np.float64)  # (vocab,)
+    if not np.isfinite(logits).all():  # finite weights large enough to overflow the activations
+        raise ValueError("logits: the model's logits are nan or inf (its weights overflow the "
+                         "activations); no character can be picked")
     if temperature == 0:
         return int(np.argmax(logits))
-    z = np.asarray(logits, dtype=np.float64) / temperature  # (vocab,)
+    # the largest logit subtracted before dividing: z <= 0, so a tiny temperature (5e-324)
+    # sends the others to -inf instead of the largest to inf (and inf - inf to nan)
+    with np.errstate(over="ignore"):
+        z = (logits - logits.max()) / temperature  # (vocab,), <= 0, 0 at the likeliest
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, z.size - top_k)[z.size - top_k]  # the k-th largest
         z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max())  # (vocab,), <= 1, exactly 0 outside the top k
+    p = np.exp(z)  # (vocab,), <= 1, exactly 0 outside the top k, 1 at the likeliest
     return int(rng.choice(z.size, p=p / p.sum()))
 
 
@@ -105,7 +114,9 @@ def load_run(path):
                              f"{CHECKPOINT}, a NumPy .npz file; this file is not one)")
     ck = checkpoint.load(path)
     ck.config.setdefault("text", "")  # runs saved before --task text existed
-    run = _train_checks.check_stored_run(path, ck.config, RUN_OPTIONS)
+    # draw=False: the training text is not read (the vocabulary is stored with the run, and
+    # the text may be gone or elsewhere on the machine sampling)
+    run = _train_checks.check_stored_run(path, ck.config, RUN_OPTIONS, draw=False)
     if run["task"] != "text":
         raise ValueError(f"RUN {path}: a run of --task {run['task']}, which has no characters "
                          f"to write; python -m gla_np.sample writes with runs of --task text")
@@ -114,6 +125,10 @@ def load_run(path):
         raise ValueError(f"checkpoint {path}: extra['vocab']: expected a string of "
                          f"config['vocab_size'] = {run['vocab_size']} characters, got "
                          f"{type(vocab).__name__}")
+    if list(vocab) != sorted(set(vocab)) or any(0xD800 <= ord(c) < 0xE000 for c in vocab):
+        raise ValueError(f"checkpoint {path}: extra['vocab']: expected distinct characters in "
+                         f"order of code point, none a surrogate (a text file's characters, "
+                         f"as training stores them); damaged or edited")
     config = model_config(run)
     like = lm.init_params(config, run["vocab_size"], np.random.default_rng(0))
     params = checkpoint.load(path, params_like=like).params  # names, shapes, dtypes checked
@@ -121,7 +136,7 @@ def load_run(path):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m gla_np.sample",
         description="Write text with a model trained by python -m gla_np.train --task text: "
                     "read the prompt, then one character at a time with the recurrent state.",
@@ -156,31 +171,60 @@ def _check_options(args, vocab_size):
 
 def main(argv=None, out=None):
     """Parse the command line, print the prompt, then each new character as it is written.
-    Returns the text written after the prompt. One-line errors exit with status 2."""
+    Returns the text written after the prompt. One-line errors exit with status 2; Ctrl-C
+    (while the run is read or while writing) exits with 130, an output that fails (a closed pipe,
+    a full disk) with 1, without a traceback.
+
+    A character the output's encoding cannot show (a run trained on UTF-8 text, printed to an
+    ASCII or cp1252 console) is written as a Python escape (``\\x85``) instead of stopping."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     out = sys.stdout if out is None else out
     try:
-        run, params, vocab = load_run(args.run)
-        _check_options(args, len(vocab))
-        prompt = text.encode(vocab, args.prompt, name="--prompt")
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        try:
+            if out is None:  # python -m gla_np.sample RUN >&- : Python sets sys.stdout to None
+                raise ValueError("stdout: closed; the text is written there")
+            run, params, vocab = load_run(args.run)
+            _check_options(args, len(vocab))
+            prompt = text.encode(vocab, args.prompt, name="--prompt")
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {_one_line(err)}\n")
+        if out is sys.stdout and hasattr(out, "reconfigure"):
+            out.reconfigure(errors="backslashreplace")
 
-    def show(token):
-        out.write(vocab[token])
-        out.flush()
+        def show(token):
+            out.write(vocab[token])
+            out.flush()
 
-    try:
-        out.write(args.prompt)
-        ids = generate(params, model_config(run), prompt, args.tokens,
-                       temperature=args.temperature, top_k=args.top_k,
-                       rng=np.random.default_rng(args.seed), on_token=show)
-        out.write("\n")
-        out.flush()
-    except KeyboardInterrupt:  # Ctrl-C: stop writing, no traceback
+        try:
+            out.write(args.prompt)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+                ids = generate(params, model_config(run), prompt, args.tokens,
+                               temperature=args.temperature, top_k=args.top_k,
+                               rng=np.random.default_rng(args.seed), on_token=show)
+            out.write("\n")
+            out.flush()
+        except ValueError:  # finite weights so large that the activations overflow
+            name = max(params, key=lambda n: float(np.abs(params[n]).max(initial=0)))
+            top = float(np.abs(params[name]).max())
+            parser.exit(1, f"\n{parser.prog}: error: the model's activations overflow to nan "
+                           f"or inf with this run's weights (largest weight: {name!r}, up to "
+                           f"{top:.3g}); it cannot write\n")
+        except BrokenPipeError:  # the reader went away (say, | head): stop, no traceback
+            _quiet_stdout()
+            sys.exit(1)
+        except OSError as err:  # a full disk, an output file that went away
+            _quiet_stdout()
+            parser.exit(1, f"{parser.prog}: error: cannot write the text "
+                           f"({err.strerror or err})\n")
+    except KeyboardInterrupt:  # Ctrl-C: stop, no traceback (and none from a second one)
+        with contextlib.suppress(ValueError):  # (signal handlers: main thread only)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         parser.exit(130, f"\n{parser.prog}: interrupted\n")
-    except BrokenPipeError:  # the reader went away (say, | head): stop, no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush
-        sys.exit(1)
     return text.decode(vocab, ids)
+
+
+def _quiet_stdout():
+    """Point stdout at /dev/null, so that the flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

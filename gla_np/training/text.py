@@ -40,8 +40,8 @@ from gla_np import _files
 from gla_np._checks import check_positive_int
 
 TRAIN_FRACTION = 0.9
-# The largest file read: 128 MiB (enwik8's 100 MB fits). Reading one takes about 25 bytes per
-# character at the peak (the code points, their sort, the ids), 3.2 GiB at the limit.
+# The largest file read: 128 MiB (enwik8's 100 MB fits). Reading one takes about 9 bytes per
+# character at the peak (the text, its code points, the ids), 1.2 GiB at the limit.
 MAX_BYTES = 128 * 2**20
 SPLITS = ("train", "heldout")
 
@@ -51,7 +51,7 @@ class Corpus(NamedTuple):
 
     path: str  # the absolute path it was read from
     vocab: str  # its distinct characters, sorted: token i is vocab[i]
-    ids: np.ndarray  # (N,) int64, the whole file as tokens
+    ids: np.ndarray  # (N,) int32, the whole file as tokens
     split: int  # floor(0.9 N): ids[:split] is trained on, ids[split:] held out
     sha256: str  # of the file's bytes: a resumed run checks that its text did not change
 
@@ -101,8 +101,12 @@ def _read(path):
         raise ValueError(f"text: {path} is a folder; expected a UTF-8 text file")
     # a regular file only: a FIFO would block the open (and the run with it) until a writer came
     with _files.open_regular(path, f"text: {path}") as f:
-        try:
-            data = f.read(MAX_BYTES + 1)
+        try:  # in pieces: read(MAX_BYTES + 1) would allocate 128 MiB for any file
+            data, piece = bytearray(), True
+            while piece and len(data) <= MAX_BYTES:
+                piece = f.read(min(2**20, MAX_BYTES + 1 - len(data)))
+                data += piece
+            data = bytes(data)
         except OSError as err:
             raise ValueError(f"text: {path}: cannot be read ({err.strerror or err})") from None
     if len(data) > MAX_BYTES:
@@ -118,13 +122,22 @@ def _read(path):
     except UnicodeDecodeError as err:
         raise ValueError(f"text: {path} is not UTF-8 (byte 0x{data[err.start]:02x} at offset "
                          f"{err.start} cannot be decoded)") from None
-    codes = np.frombuffer(chars.encode("utf-32-le"), dtype="<u4")  # (N,) code points
-    points, ids = np.unique(codes, return_inverse=True)  # sorted distinct code points
-    vocab = "".join(map(chr, points))
-    ids = ids.astype(np.int64).reshape(-1)  # (N,)
+    sha256 = hashlib.sha256(data).hexdigest()
+    del data
+    try:
+        vocab = "".join(sorted(set(chars)))  # the distinct characters, in code point order
+        # each character's token through a table indexed by code point (at most 0x10FFFF):
+        # no sort of the whole file, so reading costs about 9 bytes a character at the peak
+        # (the text, its code points, the tokens; up to 16 where Python stores the text with
+        # 4 bytes a character, as it does when any is beyond U+FFFF), 1.2 GiB at the limit
+        table = np.zeros(ord(vocab[-1]) + 1, dtype=np.int32)
+        table[[ord(c) for c in vocab]] = np.arange(len(vocab), dtype=np.int32)
+        ids = table[np.frombuffer(chars.encode("utf-32-le"), dtype="<u4")]  # (N,) int32
+    except MemoryError:
+        raise ValueError(f"text: {path}: not enough memory to read its {len(chars):,} "
+                         f"characters (9 to 16 bytes each); train on a part of it") from None
     ids.flags.writeable = False  # shared by every batch of the process
-    return Corpus(path, vocab, ids, int(len(ids) * TRAIN_FRACTION),
-                  hashlib.sha256(data).hexdigest())
+    return Corpus(path, vocab, ids, int(len(ids) * TRAIN_FRACTION), sha256)
 
 
 def encode(vocab, s, name="prompt"):
@@ -170,6 +183,10 @@ def windows(rng, batch_size, *, seq_len=64, vocab_size=None, text=None, split="t
         raise ValueError(f"vocab_size: expected {n}, the number of distinct characters in "
                          f"{corpus.path}, got {vocab_size!r}")
     shortest = min(corpus.split, len(corpus.ids) - corpus.split)
+    if shortest < 2:  # no window at all, whatever seq_len
+        raise ValueError(f"text: {corpus.path} is too short: its {len(corpus.ids):,} "
+                         f"characters split 90/10 leave {shortest} in one part, and a window "
+                         f"reads at least 2 (say, 20 characters or more)")
     if shortest < T + 1:
         raise ValueError(f"seq_len: expected at most {shortest - 1} for {corpus.path} (its "
                          f"{len(corpus.ids):,} characters split 90/10; a window of each part "
@@ -177,7 +194,7 @@ def windows(rng, batch_size, *, seq_len=64, vocab_size=None, text=None, split="t
     lo, hi = (0, corpus.split) if split == "train" else (corpus.split, len(corpus.ids))
     starts = rng.integers(lo, hi - T, size=B)  # (B,): each window ends inside its part
     rows = starts[:, None] + np.arange(T + 1)  # (B, T + 1)
-    chunk = corpus.ids[rows]  # (B, T + 1)
+    chunk = corpus.ids[rows].astype(np.int64)  # (B, T + 1)
     return chunk[:, :-1].copy(), chunk[:, 1:].copy()
 
 

@@ -550,6 +550,10 @@ class _Stops:
 
     def __init__(self):
         self.received, self.raised, self.silent = None, False, False
+        # before training starts (the checks, reading a text or a checkpoint) there is nothing
+        # to save, so the first signal stops at once: a read that blocks (a device file such
+        # as /proc/kmsg looks like a regular file) must not make the command deaf to SIGTERM
+        self.at_once = False
 
     def __call__(self):
         return self.received
@@ -558,7 +562,7 @@ class _Stops:
         self.silent = True
 
     def handler(self, signum, frame):
-        if self.received is None:
+        if self.received is None and not self.at_once:
             self.received = signum
         elif not (self.raised or self.silent):
             self.raised = True
@@ -711,7 +715,9 @@ def main(argv=None):
     with _stop_signals(restore=not _running_as_command()) as stops:
         try:
             try:
+                stops.at_once = True  # until the checks are done: nothing to save yet
                 run, out, session, lock = prepare(args, given_options(argv))
+                stops.at_once = False
                 held.append(lock)
                 if lock.previous:
                     _print(f"took over the lock of {out} from a run that ended without "
@@ -726,9 +732,12 @@ def main(argv=None):
             status, message = stopped.status, str(stopped)
         except _StopNow as now:
             signum = now.args[0]
-            status, message = 128 + signum, (f"stopped at once by a second "
-                                             f"{signal.Signals(signum).name}; checkpoints on "
-                                             f"disk are as they were")
+            which = "" if stops.at_once else "a second "
+            status, message = 128 + signum, (f"stopped at once by {which}"
+                                             f"{signal.Signals(signum).name}"
+                                             + (" before training started; nothing was written"
+                                                if stops.at_once else "; checkpoints on disk "
+                                                "are as they were"))
         finally:
             for lock in held:
                 lock.release()
