@@ -37,7 +37,8 @@ import numpy as np
 
 from gla_np._checks import check_choice, check_positive_int
 from gla_np._files import write_atomic
-from gla_np.testing import LAYOUTS, NAMES, _span_for, bound, reference, tolerance
+from gla_np.testing import LAYOUTS, NAMES, bound, reference, tolerance
+from gla_np.testing.error_model import _span_for
 
 DTYPES = ("float32", "float64", "tf32", "float16", "bfloat16")
 

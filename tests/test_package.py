@@ -69,3 +69,24 @@ def test_derivation_pages_mirror_the_folders():
     assert not list(pages.glob("*.md")), "a derivation page sits outside the step folders"
     for folder in pages.iterdir():
         assert folder.name in GROUPS, f"docs/derivations/{folder.name} is no step of gla_np"
+
+
+def test_the_testing_package_exports_every_public_name_of_its_modules():
+    # users import from gla_np.testing only; its modules are where each name is written
+    import ast
+
+    import gla_np.testing as testing
+    written = {}
+    for p in sorted((ROOT / "gla_np" / "testing").glob("*.py")):
+        if p.stem == "__init__":
+            continue
+        module = importlib.import_module(f"gla_np.testing.{p.stem}")
+        for node in ast.parse(p.read_text()).body:
+            targets = ([node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
+                       [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)])
+            for name in targets:
+                if not name.startswith("_"):
+                    written[name] = getattr(module, name)
+    assert sorted(testing.__all__) == sorted(written), "gla_np.testing.__all__ is not its map"
+    for name, obj in written.items():
+        assert getattr(testing, name) is obj, f"gla_np.testing.{name} is another object"
