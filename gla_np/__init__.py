@@ -23,9 +23,10 @@ module object). Private modules (``_chunk_tiles``, ``_gla_inputs``, ``_params``,
    (MQAR, copying, selective copying), ``text`` (a character-level task on any UTF-8 file),
    ``lm`` (the token-level model), ``checkpoint``, ``data_parallel``, and the commands
    ``python -m gla_np.train`` and ``python -m gla_np.sample`` (text generation).
-6. Checking another GLA implementation: ``testing`` (``reference``, ``assert_close``, hypothesis
-   strategies) and ``python -m gla_np.golden`` (golden cases for any language); imported on
-   demand, ``from gla_np import testing``.
+6. Checking another GLA implementation: ``testing`` (``judge``, one call to judge a kernel;
+   ``reference``, ``assert_close``, hypothesis strategies; a package whose names are all imported
+   from ``gla_np.testing``, its docstring the map of its modules) and ``python -m gla_np.golden``
+   (golden cases for any language); imported on demand, ``from gla_np import testing``.
 7. fla's models: ``fla`` loads a checkpoint of fla's ``GLAForCausalLM`` into ``lm``'s params
    and saves one that fla loads.
 
