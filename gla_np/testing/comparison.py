@@ -13,6 +13,7 @@ from gla_np._checks import check_choice
 from gla_np.testing.error_model import _magnitudes_of, _span_for, _step_terms, tolerance
 from gla_np.testing.float64_reference import NAMES, Reference
 
+
 class BoundExceeded(AssertionError):
     """:func:`assert_close`'s failure, with what it found: ``name``, ``ratio`` (the worst
     |error| / bound), ``index`` of that entry, ``got``, ``want``, ``error``, ``bound``,

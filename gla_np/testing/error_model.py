@@ -1,8 +1,9 @@
 """The error model: how far a correct kernel may land from the float64 reference, per entry.
 
-:func:`bound` is ``|got - ref| <= (η n_round + η_acc n_span span) M + η_acc n_pass M_pass +
-η_acc span (M_window - M_pass) + η_64 n_ref M_window + atol``, with the constants of
-:class:`ErrorModel` per precision (docs/testing-your-kernel.md derives it): an in-chunk part,
+A correct kernel's entry satisfies ``|got - ref| <= bound``, where :func:`bound` is
+``(η n_round + η_acc n_span span) M + η_acc n_pass M_pass + η_acc span (M_window - M_pass) +
+η_64 n_ref M_window + atol`` with the constants of :class:`ErrorModel` per precision
+(docs/testing-your-kernel.md derives it, docs/notation.md names the symbols): an in-chunk part,
 :func:`tolerance`, that grows with the entry's magnitude and the log-gate span of a chunk, and
 step terms, :func:`per_step_tolerance`, that grow with the sequential steps each term went
 through. :func:`dg_identity_loss` says how much looser dg's bound is for a kernel that uses the

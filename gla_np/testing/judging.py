@@ -16,6 +16,7 @@ from gla_np.testing.error_model import _dtype_name, _magnitudes_of, bound
 from gla_np.testing.float64_reference import LAYOUTS, NAMES, _heads_major, reference
 from gla_np.testing.strategies import gla_examples
 
+
 class Verdict(NamedTuple):
     """What :func:`judge` found: one row per tensor per case (every tensor, passing or not)."""
 

@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 
 
-
 class Magnitudes(NamedTuple):
     """Per entry of one tensor: the sum of |terms| that make it (M), that sum with each term
     weighted by the state passes between chunks its decay window crosses (M_pass: a chunk

@@ -13,6 +13,7 @@ import numpy as np
 from gla_np._checks import check_choice
 from gla_np.testing.float64_reference import LAYOUTS, _heads_major
 
+
 class GLAExample(NamedTuple):
     """One drawn input set (see :func:`gla_examples`), in the requested dtype and layout."""
 
@@ -44,9 +45,9 @@ def gla_examples(*, dtype=np.float32, layout="BHTK", max_T=70, max_width=6,
     Shapes: B, H in 1..2; K, V in 1..max_width (K = 1 included); T in 1..max_T: up to 70 a third
     of the time, just off a multiple of one of ``chunk_sizes`` a third (a ragged last chunk),
     anywhere up to ``max_T`` the rest; with ``max_T`` > 70 a quarter of the draws are long
-    instead (``max_T`` / 4 to ``max_T``, and ``max_T`` itself). Gates: per-step strength from ``strengths`` (0 is no
-    decay at all), every entry at -strength or uniform in [-strength, 0]; with ``resets`` some
-    draws put -inf (a hard reset) at a few steps. Values: standard normal, or a cancelling
+    instead (``max_T`` / 4 to ``max_T``, and ``max_T`` itself). Gates: per-step strength from
+    ``strengths`` (0 is no decay at all), every entry at -strength or uniform in [-strength, 0];
+    with ``resets`` some draws put -inf (a hard reset) at a few steps. Values: standard normal, or a cancelling
     variant where v repeats with alternating sign, so that outputs sum to little. The scale:
     K ** -0.5 or another value (1 or 0.3). Initial state, do and d_final_state each on or off
     (not both upstream gradients off). Needs hypothesis, imported on call.
