@@ -741,7 +741,24 @@ def main(argv=None):
         finally:
             for lock in held:
                 lock.release()
+        if _running_as_command():
+            _exit_now(status, f"{parser.prog}: {_one_line(message)}\n")
         parser.exit(status, f"{parser.prog}: {_one_line(message)}\n")
+
+
+def _exit_now(status, line):
+    """Print ``line`` on stderr and end the process with ``status`` at once.
+
+    Not through ``sys.exit``: the interpreter's shutdown gives SIGINT and SIGTERM back their
+    default actions, so the rest of a burst of signals would kill the process by the signal
+    (status -2 or -15 to its parent) after the report was printed. The run's files and its lock
+    are closed by now; only the standard streams need a flush."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    os._exit(status)
 
 
 def _relaunch_for_threads(argv):
