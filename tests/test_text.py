@@ -174,6 +174,11 @@ def test_resume_refuses_a_changed_text(corpus_file, tmp_path, capsys):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert err.endswith(f"the text {corpus_file} changed since the run started (its sha256 "
                         f"differs); resuming would train on other windows\n")
+    with open(corpus_file, "a") as f:
+        f.write("Q!")  # new characters: the same reason, not a damaged config['vocab_size']
+    assert refused(["--resume", ck], capsys).endswith(
+        f"the text {corpus_file} changed since the run started (its sha256 differs; so do its "
+        f"characters); resuming would train on other windows\n")
     os.remove(corpus_file)
     assert refused(["--resume", ck], capsys) == (
         f"checkpoint {ck}: config['text']: {corpus_file}: no such file\n")

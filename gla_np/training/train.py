@@ -670,6 +670,9 @@ def _check_resume(args, given, session):
     ck.config.setdefault("text", "")  # runs saved before --task text existed
     if args.text:  # compared with the stored absolute path
         args.text = os.path.abspath(args.text)
+    # a text run's file first: an edited text is named as such, not as a damaged vocab_size
+    run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS, draw=False)
+    text.check_stored(f"checkpoint {args.resume}", run, ck.extra)
     run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
     if ck.step > run["steps"]:
         raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "
