@@ -273,3 +273,17 @@ def test_ctrl_c_while_the_run_is_read_is_one_line(text_run, capsys, monkeypatch)
         sample.main([str(text_run)])
     assert exc.value.code == 130
     assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"
+
+
+def test_a_prompt_too_long_for_memory_is_one_line(text_run, capsys, monkeypatch):
+    # a 130,000-character prompt takes 1.4 GB in one chunked pass of the default model: under a
+    # memory limit that was a MemoryError traceback from deep inside a layer
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sample.lm, "prefill", no_memory)
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run), "--prompt", "the cat", "--tokens", "5"])
+    assert exc.value.code == 1 and capsys.readouterr().err == (
+        "\npython -m gla_np.sample: error: --prompt: not enough memory to read its 7 characters "
+        "in one pass of the chunked form; give a shorter prompt\n")

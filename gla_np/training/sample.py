@@ -204,6 +204,10 @@ def main(argv=None, out=None):
                                rng=np.random.default_rng(args.seed), on_token=show)
             out.write("\n")
             out.flush()
+        except MemoryError:  # the prompt is read in one pass, whose memory grows with it
+            parser.exit(1, f"\n{parser.prog}: error: --prompt: not enough memory to read its "
+                           f"{len(prompt):,} characters in one pass of the chunked form; give "
+                           f"a shorter prompt\n")
         except ValueError:  # finite weights so large that the activations overflow
             name = max(params, key=lambda n: float(np.abs(params[n]).max(initial=0)))
             top = float(np.abs(params[name]).max())
