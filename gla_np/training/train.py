@@ -643,6 +643,10 @@ def prepare(args, given):
         if args.resume is not None:
             run = _check_resume(args, given, session)
         existing = os.path.join(out, CHECKPOINT)
+        for name in (CHECKPOINT, METRICS):  # the run would write over the text it reads
+            if run["task"] == "text" and _same_file(run["text"], os.path.join(out, name)):
+                raise ValueError(f"--text {run['text']}: is the {name} the run writes in --out "
+                                 f"{out}; move the text, or choose another --out")
         _train_checks.check_out_folder(
             out, 2 * _train_checks.checkpoint_bytes(run, session["log_every"]),
             names=(CHECKPOINT, METRICS))
