@@ -273,3 +273,45 @@ def test_ctrl_c_while_the_run_is_read_is_one_line(text_run, capsys, monkeypatch)
         sample.main([str(text_run)])
     assert exc.value.code == 130
     assert capsys.readouterr().err == "\npython -m gla_np.sample: interrupted\n"
+
+
+def test_a_prompt_too_long_for_memory_is_one_line(text_run, capsys, monkeypatch):
+    # a 130,000-character prompt takes 1.4 GB in one chunked pass of the default model: under a
+    # memory limit that was a MemoryError traceback from deep inside a layer
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sample.lm, "prefill", no_memory)
+    with pytest.raises(SystemExit) as exc:
+        sample.main([str(text_run), "--prompt", "the cat", "--tokens", "5"])
+    assert exc.value.code == 1 and capsys.readouterr().err == (
+        "\npython -m gla_np.sample: error: --prompt: not enough memory to read its 7 characters "
+        "in one pass of the chunked form; give a shorter prompt\n")
+
+
+def test_the_functions_refuse_bad_arguments_by_name():
+    # each was a numpy message, a TypeError, or a silent wrong answer (a negative temperature
+    # favoured the least likely characters; decode(-1) read the vocabulary's last character)
+    config, params = _model()
+    rng = np.random.default_rng(0)
+    for kw, message in (
+            ({"num_tokens": -3}, r"^num_tokens: expected an integer >= 0, got -3$"),
+            ({"num_tokens": 2.5}, r"^num_tokens: expected an integer >= 0, got 2.5$"),
+            ({"temperature": -1}, r"^temperature: expected a finite number >= 0 \(0: greedy\)"),
+            ({"temperature": float("nan")}, r"^temperature: expected a finite number >= 0"),
+            ({"temperature": None}, r"^temperature: expected a finite number >= 0"),
+            ({"top_k": 0}, rf"^top_k: expected None or an integer in \[1, {V}\]"),
+            ({"top_k": 2.5}, rf"^top_k: expected None or an integer in \[1, {V}\]"),
+            ({"top_k": V + 1}, rf"^top_k: expected None or an integer in \[1, {V}\]")):
+        args = {"num_tokens": 3, **kw}
+        with pytest.raises(ValueError, match=message):
+            sample.generate(params, config, [1, 2], args.pop("num_tokens"), rng=rng, **args)
+    with pytest.raises(ValueError, match=r"^logits: expected a non-empty 1-d array"):
+        sample.pick(np.zeros(0), 1.0, None, rng)
+    with pytest.raises(ValueError, match=r"^ids: expected tokens in \[0, 3\), got -1$"):
+        text.decode("abc", [0, -1])
+    with pytest.raises(ValueError, match=r"^ids: expected tokens in \[0, 3\), got 3$"):
+        text.decode("abc", [3])
+    with pytest.raises(ValueError, match=r"^prompt: expected a string, got int$"):
+        text.encode("abc", 5)
+    assert len(sample.generate(params, config, [1, 2], 0, rng=rng)) == 0

@@ -174,6 +174,11 @@ def test_resume_refuses_a_changed_text(corpus_file, tmp_path, capsys):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert err.endswith(f"the text {corpus_file} changed since the run started (its sha256 "
                         f"differs); resuming would train on other windows\n")
+    with open(corpus_file, "a") as f:
+        f.write("Q!")  # new characters: the same reason, not a damaged config['vocab_size']
+    assert refused(["--resume", ck], capsys).endswith(
+        f"the text {corpus_file} changed since the run started (its sha256 differs; so do its "
+        f"characters); resuming would train on other windows\n")
     os.remove(corpus_file)
     assert refused(["--resume", ck], capsys) == (
         f"checkpoint {ck}: config['text']: {corpus_file}: no such file\n")
@@ -259,3 +264,18 @@ def test_reading_a_text_costs_little_memory_and_too_little_is_one_line(tmp_path,
     with pytest.raises(ValueError, match=r"^text: .*t.txt: not enough memory to read its "
                                          r"1,000,000 characters \(9 to 16 bytes each\)"):
         text.load(path, again=True)
+
+
+def test_a_text_that_is_one_of_the_runs_own_files_is_refused(tmp_path, capsys):
+    # --text out/metrics.csv: the run wrote its CSV over the text it trains on (the user's file
+    # lost, and the run could never be resumed: its text "changed")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("metrics.csv", "checkpoint.npz"):
+        corpus = out / name
+        corpus.write_text("a small text, read as characters; " * 12)
+        err = refused(TINY + ["--text", str(corpus), "--out", str(out), "--overwrite"], capsys)
+        assert err == (f"--text {corpus}: is the {name} the run writes in --out {out}; move the "
+                       f"text, or choose another --out\n")
+        assert corpus.read_text() == "a small text, read as characters; " * 12
+        corpus.unlink()

@@ -3,6 +3,7 @@ the command that continues it, and exits non-zero without a traceback. No sleeps
 subprocess tests wait for a progress line, the in-process ones raise the signal from inside the
 step (the handler that ``main`` installs only sets a flag, so pytest itself is never hit)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -188,3 +189,27 @@ def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, 
     assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
                                        "before training started; nothing was written\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_burst_spread_over_the_exit_still_exits_with_the_signals_status(tmp_path):
+    # signals a few ms apart keep arriving while the command exits; Python's shutdown restores
+    # the default handlers, so one of them used to kill the process (status -2 or -15)
+    import time
+
+    env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
+                             "--log_every", "1", "--save_every", "2", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
+                break
+        for i in range(40):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT if i % 3 else signal.SIGTERM)
+            time.sleep(0.002)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), (proc.returncode, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import numbers
 import os
 import signal
 import sys
@@ -59,6 +60,10 @@ def pick(logits, temperature, top_k, rng):
     draw from ``rng`` with probabilities softmax(logits / temperature) over the ``top_k`` most
     likely tokens (None: all of them)."""
     logits = np.asarray(logits, dtype=np.float64)  # (vocab,)
+    if logits.ndim != 1 or logits.size == 0:
+        raise ValueError(f"logits: expected a non-empty 1-d array (vocab,), got shape "
+                         f"{logits.shape}")
+    check_draw(temperature, top_k, logits.size)
     if not np.isfinite(logits).all():  # finite weights large enough to overflow the activations
         raise ValueError("logits: the model's logits are nan or inf (its weights overflow the "
                          "activations); no character can be picked")
@@ -75,11 +80,29 @@ def pick(logits, temperature, top_k, rng):
     return int(rng.choice(z.size, p=p / p.sum()))
 
 
+def check_draw(temperature, top_k, vocab_size):
+    """ValueError naming ``temperature`` (a finite number >= 0) or ``top_k`` (None or an
+    integer in [1, vocab_size]) when it is not one: a negative temperature would silently
+    favour the least likely characters."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got "
+                         f"{temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k: expected None or an integer in [1, {vocab_size}] (the "
+                         f"vocabulary size), got {top_k!r}")
+
+
 def generate(params, config, prompt_ids, num_tokens, *, temperature=1.0, top_k=None, rng=None,
              on_token=None, how="chunk"):
     """``num_tokens`` new tokens after the prompt, int64 (num_tokens,); ``on_token(token)`` is
     called with each as soon as it is picked. ``rng`` (a np.random.Generator) is needed unless
     ``temperature`` is 0."""
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral) \
+            or num_tokens < 0:
+        raise ValueError(f"num_tokens: expected an integer >= 0, got {num_tokens!r}")
+    check_draw(temperature, top_k, params["embedding.weight"].shape[0])
     if temperature != 0 and not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
     logits, state = read_prompt(params, prompt_ids, config, how)
@@ -204,6 +227,10 @@ def main(argv=None, out=None):
                                rng=np.random.default_rng(args.seed), on_token=show)
             out.write("\n")
             out.flush()
+        except MemoryError:  # the prompt is read in one pass, whose memory grows with it
+            parser.exit(1, f"\n{parser.prog}: error: --prompt: not enough memory to read its "
+                           f"{len(prompt):,} characters in one pass of the chunked form; give "
+                           f"a shorter prompt\n")
         except ValueError:  # finite weights so large that the activations overflow
             name = max(params, key=lambda n: float(np.abs(params[n]).max(initial=0)))
             top = float(np.abs(params[name]).max())

@@ -143,6 +143,8 @@ def _read(path):
 def encode(vocab, s, name="prompt"):
     """The tokens of the string ``s`` under ``vocab``, int64 (len(s),); a character that is not
     in the vocabulary is a ValueError naming ``name``, the character and its position."""
+    if not isinstance(s, str):
+        raise ValueError(f"{name}: expected a string, got {type(s).__name__}")
     table = {ch: i for i, ch in enumerate(vocab)}
     for i, ch in enumerate(s):
         if ch not in table:
@@ -153,8 +155,14 @@ def encode(vocab, s, name="prompt"):
 
 
 def decode(vocab, ids):
-    """The string of the tokens ``ids`` (any iterable of ints in [0, len(vocab)))."""
-    return "".join(vocab[int(i)] for i in ids)
+    """The string of the tokens ``ids`` (any iterable of ints in [0, len(vocab))); a token
+    outside that range is a ValueError (a negative one would silently count from the end)."""
+    out = []
+    for i in ids:
+        if not 0 <= int(i) < len(vocab):
+            raise ValueError(f"ids: expected tokens in [0, {len(vocab)}), got {int(i)}")
+        out.append(vocab[int(i)])
+    return "".join(out)
 
 
 def bits_per_char(loss):

@@ -643,6 +643,10 @@ def prepare(args, given):
         if args.resume is not None:
             run = _check_resume(args, given, session)
         existing = os.path.join(out, CHECKPOINT)
+        for name in (CHECKPOINT, METRICS):  # the run would write over the text it reads
+            if run["task"] == "text" and _same_file(run["text"], os.path.join(out, name)):
+                raise ValueError(f"--text {run['text']}: is the {name} the run writes in --out "
+                                 f"{out}; move the text, or choose another --out")
         _train_checks.check_out_folder(
             out, 2 * _train_checks.checkpoint_bytes(run, session["log_every"]),
             names=(CHECKPOINT, METRICS))
@@ -670,6 +674,9 @@ def _check_resume(args, given, session):
     ck.config.setdefault("text", "")  # runs saved before --task text existed
     if args.text:  # compared with the stored absolute path
         args.text = os.path.abspath(args.text)
+    # a text run's file first: an edited text is named as such, not as a damaged vocab_size
+    run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS, draw=False)
+    text.check_stored(f"checkpoint {args.resume}", run, ck.extra)
     run = _train_checks.check_stored_run(args.resume, ck.config, RUN_OPTIONS)
     if ck.step > run["steps"]:
         raise ValueError(f"checkpoint {args.resume}: step {ck.step} is beyond "
@@ -741,7 +748,24 @@ def main(argv=None):
         finally:
             for lock in held:
                 lock.release()
+        if _running_as_command():
+            _exit_now(status, f"{parser.prog}: {_one_line(message)}\n")
         parser.exit(status, f"{parser.prog}: {_one_line(message)}\n")
+
+
+def _exit_now(status, line):
+    """Print ``line`` on stderr and end the process with ``status`` at once.
+
+    Not through ``sys.exit``: the interpreter's shutdown gives SIGINT and SIGTERM back their
+    default actions, so the rest of a burst of signals would kill the process by the signal
+    (status -2 or -15 to its parent) after the report was printed. The run's files and its lock
+    are closed by now; only the standard streams need a flush."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    os._exit(status)
 
 
 def _relaunch_for_threads(argv):
