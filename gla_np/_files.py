@@ -211,36 +211,74 @@ def _read_holder(fd):
 def _make_folders(out, label):
     """Make ``out`` and its missing parents; returns the folders made, outermost first.
 
-    On failure the folders made so far are removed again and ValueError is raised.
+    On failure the folders made so far are removed again and ValueError is raised. Another run
+    may make the same folders at the same moment, or remove them again (a refused run removes
+    the empty folders it made): each path is judged by one ``stat``, and a folder that vanished
+    meanwhile is made again.
     """
-    missing, path = [], os.path.abspath(out)
-    while not os.path.isdir(path):
-        if os.path.lexists(path):
-            if path == os.path.abspath(out):
-                raise ValueError(f"{label} {out}: is a file; expected a folder (it gets "
-                                 f"checkpoint.npz and metrics.csv)")
-            raise ValueError(f"{label} {out}: {path} is a file, so no folder can be made "
-                             f"under it")
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
     made = []
-    for path in reversed(missing):
+    for _ in range(100):  # each retry means another run removed a folder we were under
         try:
-            os.mkdir(path)
-            made.append(path)
-        except FileExistsError:
-            if not os.path.isdir(path):
-                _remove_empty(made)
-                raise ValueError(f"{label} {out}: {path} is a file, so no folder can be made "
-                                 f"there") from None
-        except OSError as err:
+            for path in _missing_folders(out, label):
+                if _make_one(path, out, label):
+                    made.append(path)
+            return made
+        except FileNotFoundError:
+            continue
+        except BaseException:
             _remove_empty(made)
+            raise
+    _remove_empty(made)
+    raise ValueError(f"{label} {out}: cannot make the folder (other runs kept removing it)")
+
+
+def _missing_folders(out, label):
+    """The folders of ``out`` and its parents that do not exist yet, outermost first."""
+    missing, path = [], os.path.abspath(out)
+    while True:
+        try:
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                return missing[::-1]
+        except (FileNotFoundError, NotADirectoryError):  # missing, or under a file (see below)
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                return missing[::-1]
+            path = parent
+            continue
+        except OSError as err:
             raise ValueError(f"{label} {out}: cannot make the folder "
                              f"({err.strerror or err})") from None
-    return made
+        if path == os.path.abspath(out):
+            raise ValueError(f"{label} {out}: is a file; expected a folder (it gets "
+                             f"checkpoint.npz and metrics.csv)")
+        raise ValueError(f"{label} {out}: {path} is a file, so no folder can be made under it")
+
+
+def _make_one(path, out, label):
+    """Make the folder ``path``; True if this call made it, False if it exists already.
+    FileNotFoundError if its parent vanished meanwhile (the caller starts again)."""
+    try:
+        os.mkdir(path)
+        return True
+    except FileExistsError:
+        try:
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                return False  # another run made it first
+        except FileNotFoundError:
+            if os.path.islink(path):
+                raise ValueError(f"{label} {out}: {path} is a link to nothing, so no folder "
+                                 f"can be made there") from None
+            raise  # made and removed again by another run: start again
+        except OSError:
+            pass
+        raise ValueError(f"{label} {out}: {path} is a file, so no folder can be made "
+                         f"there") from None
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{label} {out}: cannot make the folder "
+                         f"({err.strerror or err})") from None
 
 
 def _remove_empty(folders):

@@ -199,3 +199,33 @@ def test_a_folder_that_cannot_be_locked_is_refused_in_one_line(tmp_path, capsys,
     assert err == (f"--out {out}: cannot lock {out / _files.LOCK_NAME} (No locks available); "
                    f"choose another --out\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_made_or_removed_by_another_run_meanwhile_is_no_file(tmp_path, monkeypatch):
+    # two runs starting together: between one run's look at the path and its mkdir, the other
+    # makes the folder, or makes it and (refused) removes it again; neither is "a file"
+    out = tmp_path / "a" / "b"
+    real_mkdir, calls = os.mkdir, []
+
+    def other_run_made_it(path, *args):
+        calls.append(path)
+        if len(calls) == 2:  # the inner folder: the other run made it first
+            real_mkdir(path)
+            raise FileExistsError(path)
+        return real_mkdir(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", other_run_made_it)
+    assert _files._make_folders(str(out), "--out") == [str(tmp_path / "a")]
+    assert out.is_dir()
+
+    out2, calls[:] = tmp_path / "c", []
+
+    def other_run_made_and_removed_it(path, *args):
+        calls.append(path)
+        if len(calls) == 1:  # exists for a moment, gone by the time this run looks
+            raise FileExistsError(path)
+        return real_mkdir(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", other_run_made_and_removed_it)
+    assert _files._make_folders(str(out2), "--out") == [str(out2)]
+    assert out2.is_dir() and len(calls) == 2
