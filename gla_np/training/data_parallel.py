@@ -66,8 +66,9 @@ PROCESS_ENV = {
 # A cache measure, not part of the math: each thread runs its rows as shards of at most this
 # many tokens, one after the other, so that a shard's activations (a (tokens, D) array and the
 # FFN's (tokens, 2 D)) stay in the core's cache between the passes over them. Measured on the
-# small config (64 rows of 64 tokens) at one thread: two shards of 2,048 tokens took 35.5 -
-# 38.4 ms min per step against 38.4 - 40.7 for one (docs/performance.md).
+# small config (64 rows of 64 tokens) at one thread, alternating six rounds: two shards of
+# 2,048 tokens took 35.9 - 43.3 ms min per step against 40.5 - 51.8 for one
+# (docs/performance.md).
 SHARD_TOKENS = 2048
 
 _POOLS = {}
