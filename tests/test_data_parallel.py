@@ -44,29 +44,6 @@ def test_threads_match_one_thread_float64(threads):
                                                    threads=threads), one)
 
 
-@pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"threads{n}")
-def test_cache_shards_match_one_shard_float64(threads, monkeypatch):
-    # a thread's rows over SHARD_TOKENS run as several shards one after the other: 35 tokens in
-    # shards of at most 8 is 3 per thread at two threads, 5 at one (the batch's 5 rows)
-    monkeypatch.setattr(data_parallel, "SHARD_TOKENS", 8)
-    assert data_parallel.shard_count(5, 7, threads) == {1: 5, 2: 6}[threads]
-    config = _config()
-    params, ids, targets = _problem(config)
-    one = lm.loss_and_grads(params, ids, targets, config)
-    _assert_same_step(data_parallel.loss_and_grads(params, ids, targets, config,
-                                                   threads=threads), one)
-
-
-def test_shard_count_keeps_shards_under_shard_tokens():
-    n = data_parallel.SHARD_TOKENS
-    assert data_parallel.shard_count(4, n // 4, 1) == 1  # fits: one shard, lm's step exactly
-    assert data_parallel.shard_count(8, n // 4, 1) == 2
-    assert data_parallel.shard_count(8, n // 4, 2) == 2
-    assert data_parallel.shard_count(9, n // 4, 2) == 4  # 2 per thread: at most n tokens each
-    assert data_parallel.shard_count(1, 3 * n, 1) == 3  # shard_bounds caps it at the 1 row
-    assert data_parallel.shard_bounds(1, 3) == [(0, 1)]
-
-
 def test_a_shard_without_targets_gets_weight_zero():
     config = _config()
     params, ids, targets = _problem(config, seed=1, B=4)

@@ -22,10 +22,6 @@ Dropout: with ``training=True`` each shard draws its own masks from a generator 
 ``rng``, so the masks (not the rule above) depend on the number of shards. With one shard the
 step is exactly ``lm.loss_and_grads``.
 
-Shards for the cache. A thread whose rows hold more than ``SHARD_TOKENS`` tokens runs them as
-several shards, one after the other, combined by the same rule; this only keeps a shard's
-activations in cache (the step's result is the same to rounding).
-
 One BLAS thread per shard. The shards already use every core; two shards each asking OpenBLAS
 for two threads oversubscribe the cores, whose waiting BLAS threads then spin (measured on a
 busy machine: the small benchmark step went from 0.17 s to 2.2 s). So while the shards run (one
@@ -62,14 +58,6 @@ PROCESS_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # arrays up to 32 MiB from the heap ...
     "MALLOC_TRIM_THRESHOLD_": str(2 ** 30),  # ... which is not shrunk below 1 GiB of free top
 }
-
-# A cache measure, not part of the math: each thread runs its rows as shards of at most this
-# many tokens, one after the other, so that a shard's activations (a (tokens, D) array and the
-# FFN's (tokens, 2 D)) stay in the core's cache between the passes over them. Measured on the
-# small config (64 rows of 64 tokens) at one thread, alternating six rounds: two shards of
-# 2,048 tokens took 35.9 - 43.3 ms min per step against 40.5 - 51.8 for one
-# (docs/performance.md).
-SHARD_TOKENS = 2048
 
 _POOLS = {}
 _POOLS_LOCK = threading.Lock()
@@ -156,17 +144,8 @@ def shard_bounds(batch_size, shards):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def shard_count(batch_size, seq_len, threads):
-    """How many shards a step of ``batch_size`` rows of ``seq_len`` tokens runs on ``threads``
-    threads: one per thread, or more (a multiple of ``threads``) so that no shard holds more
-    than ``SHARD_TOKENS`` tokens where rows allow; ``shard_bounds`` caps it at the rows."""
-    per_thread = -(-batch_size * seq_len // (threads * SHARD_TOKENS))  # ceil, >= 1 for a row
-    return threads * max(1, per_thread)
-
-
 def loss_and_grads(params, ids, targets, config, *, threads=None, training=False, rng=None):
-    """``lm.loss_and_grads`` over the batch, cut into shards (``shard_count``) run on
-    ``threads`` threads in parallel.
+    """``lm.loss_and_grads`` over the batch, cut into ``threads`` shards run in parallel.
 
     ``threads`` None means every core (``default_threads()``); it counts every thread the step
     runs, so OpenBLAS runs on one thread meanwhile. Returns ``(loss, grads, logits)``
@@ -178,7 +157,7 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
     if ids.ndim != 2 or targets.shape != ids.shape:
         raise ValueError(f"ids, targets: expected two arrays of one shape (B, T), got "
                          f"{ids.shape} and {targets.shape}")
-    bounds = shard_bounds(ids.shape[0], shard_count(*ids.shape, threads))
+    bounds = shard_bounds(ids.shape[0], threads)
     if len(bounds) == 1:
         with _one_blas_thread():  # threads=1 means one thread, BLAS's included
             return lm.loss_and_grads(params, ids, targets, config, training=training, rng=rng)
@@ -202,10 +181,7 @@ def loss_and_grads(params, ids, targets, config, *, threads=None, training=False
         return loss, grads, logits
 
     with _one_blas_thread():  # one BLAS thread per shard (module docstring)
-        if threads == 1:  # shards for the cache only: one after the other, in this thread
-            results = [run(i) for i in range(len(bounds))]
-        else:
-            results = list(_pool(threads).map(run, range(len(bounds))))
+        results = list(_pool(threads).map(run, range(len(bounds))))
     loss = sum(w * shard_loss for w, (shard_loss, _, _) in zip(weights, results))
     grads = results[0][1]  # the weighted sum in shard order, into the first shard's arrays
     for _, shard_grads, _ in results[1:]:
