@@ -2,6 +2,7 @@
 
     python3 benchmarks/core.py                           # B=8 H=4 T=2048 K=V=64, float32
     python3 benchmarks/core.py --gates init strong --repeats 20
+    python3 benchmarks/core.py --B 64 --H 1 --T 64 --repeats 40  # the small step's shape
 
 The core of a GLA layer: ``chunked.forward`` then ``chunked.backward`` with a random upstream
 gradient on the output and none on the final state (no initial state), chunks of 64, float32,
@@ -68,13 +69,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gates", nargs="+", choices=GATES, default=["init"])
     parser.add_argument("--T", type=int, default=SHAPE["T"])
+    parser.add_argument("--B", type=int, default=SHAPE["B"])
+    parser.add_argument("--H", type=int, default=SHAPE["H"])
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     env = data_parallel.PROCESS_ENV
     if any(os.environ.get(n) != v for n, v in env.items()):
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
                   {**os.environ, **env})
-    shape = {**SHAPE, "T": args.T}
+    shape = {**SHAPE, "T": args.T, "B": args.B, "H": args.H}
     for line in machine_summary():
         print(line)
     print(f"chunk form forward + backward, {shape}, chunk {CHUNK}, float32, 1 thread\n")

@@ -61,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--form", choices=FORMS, default="naive")
     parser.add_argument("--gates", nargs="+", choices=GATES, default=["init"])
     parser.add_argument("--T", type=int, default=SHAPE["T"])
+    parser.add_argument("--B", type=int, default=SHAPE["B"])
+    parser.add_argument("--H", type=int, default=SHAPE["H"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--check", action="store_true",
@@ -73,7 +75,7 @@ def main(argv=None):
     if args.check:
         worst = max(check(args.form, gates) for gates in args.gates)
         sys.exit(1 if worst > 1e-8 else 0)
-    shape = {**SHAPE, "T": args.T}
+    shape = {**SHAPE, "T": args.T, "B": args.B, "H": args.H}
     print(machine_summary())
     print(f"\nchunk form ({args.form}) forward + backward, {shape}, chunk {CHUNK}, float32\n")
     print(f"{'gates':<7} {'threads':>7} {'min ms':>8} {'median ms':>10} {'CPU ms':>8}")

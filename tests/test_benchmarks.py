@@ -36,3 +36,11 @@ def test_core_prints_a_row_per_gate_strength():
         row = re.search(rf"^{gates}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
         assert row is not None, out
         assert 0 < float(row[1]) <= float(row[2])
+
+
+def test_gemm_prints_a_row_per_shape():
+    out = _run("gemm.py", "--rows", "64", "--shapes", "64x16", "16x64", "--repeats", "1")
+    for shape in ("64x16", "16x64"):
+        row = re.search(rf"^{shape}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+\S+$", out, re.M)
+        assert row is not None, out
+        assert all(float(row[i]) >= 0 for i in (1, 2, 3))

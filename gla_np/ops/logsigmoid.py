@@ -10,7 +10,8 @@ part that grows linearly leaves a correction that only ever sees exp(-|x|) in (0
     logsigmoid(x) = min(x, 0) - log1p(exp(-|x|))
 
 (for x >= 0 this is -log(1 + e^-x); for x < 0 it is x - log(1 + e^x), the same number).
-Its slope is sigma(-x) = 1 - sigma(x), computed by the stable sigmoid from ``gla_np.sigmoid``.
+Its slope is sigma(-x) = 1 - sigma(x), formed as the stable sigmoid of ``gla_np.sigmoid`` forms
+it, from the same exp(-|x|): one exponential serves the value and the slope.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import NamedTuple
 import numpy as np
 
 from gla_np._checks import check_array, check_like
-from gla_np.ops.sigmoid import stable_sigmoid
 
 
 class LogsigmoidCache(NamedTuple):
@@ -32,11 +32,19 @@ class LogsigmoidCache(NamedTuple):
 def forward(x):
     """y = log sigma(x), elementwise; y <= 0. x: any shape, float32 or float64."""
     x = check_array("x", x)
-    zero = x.dtype.type(0)  # a typed 0 keeps a 0-d float32 float32 under NumPy 1.x too
+    zero, one = x.dtype.type(0), x.dtype.type(1)  # typed: a 0-d float32 stays float32 on 1.x
+    x_flat = x.reshape(-1)  # 1-d (a 0-d x too), so that the steps below can work in place
     with np.errstate(under="ignore"):  # exp(-|x|) underflows to 0 for large |x|: correct
-        y = np.minimum(x, zero) - np.log1p(np.exp(-np.abs(x)))
-    s_neg = stable_sigmoid(-x)
-    return y, LogsigmoidCache(s_neg)
+        e = np.abs(x_flat)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # e = exp(-|x|) in (0, 1], the one exponential of value and slope
+        y = np.minimum(x_flat, zero)
+        y -= np.log1p(e)  # min(x, 0) - log1p(exp(-|x|))
+        # the slope sigma(-x) from the same e, as stable_sigmoid(-x) forms it (bitwise):
+        # 1 / (1 + e) where x <= 0 and e / (1 + e) where x > 0, the numerator as max(e, [x <= 0])
+        s_neg = one + e
+        np.divide(np.maximum(e, x_flat <= 0, out=e), s_neg, out=s_neg)
+    return y.reshape(x.shape), LogsigmoidCache(s_neg.reshape(x.shape))
 
 
 def backward(dy, cache):
