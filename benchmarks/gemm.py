@@ -62,8 +62,12 @@ def main(argv=None):
         library = f"PyTorch {torch.__version__}"
         convert = torch.from_numpy
     else:
-        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        library = f"NumPy {np.__version__}, {info.get('name')} {info.get('version')}"
+        try:
+            info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+            blas = f"{info.get('name')} {info.get('version')}"
+        except TypeError:  # NumPy before 1.25 prints its config and cannot return it
+            blas = "BLAS of unknown name"
+        library = f"NumPy {np.__version__}, {blas}"
         convert = np.asarray
     print(f"{library}; one thread; {args.rows} rows, float32; ms (process time, min of "
           f"{args.repeats}) and GFLOP/s")
