@@ -148,21 +148,33 @@ def test_a_signal_while_the_outcome_is_reported_raises_nothing(tmp_path, monkeyp
     assert err.count("\n") == 1 and "interrupted by SIGINT at step 3 of 6" in err
 
 
-def test_a_burst_of_signals_exits_in_one_line_without_traceback(tmp_path):
+def _signal_burst(out, count, gap):
+    """Start a long run into ``out``, send ``count`` signals (SIGINT and SIGTERM mixed) ``gap``
+    seconds apart once it is past step 3; its (returncode, stderr)."""
+    import time
+
     env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
-                             "--log_every", "1", "--save_every", "2", "--out", str(tmp_path)],
+                             "--log_every", "1", "--save_every", "2", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
             if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
                 break
-        for i in range(30):  # back to back, SIGINT and SIGTERM mixed
-            proc.send_signal(signal.SIGINT if i % 3 else signal.SIGTERM)
+        for i in range(count):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT if i % 3 else signal.SIGTERM)
+            if gap:
+                time.sleep(gap)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), err
+    return proc.returncode, err
+
+
+def test_a_burst_of_signals_exits_in_one_line_without_traceback(tmp_path):
+    returncode, err = _signal_burst(tmp_path, 30, gap=0)  # back to back
+    assert returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), err
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert checkpoint.load(tmp_path / "checkpoint.npz").step >= 2
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"]
@@ -194,22 +206,6 @@ def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, 
 def test_a_burst_spread_over_the_exit_still_exits_with_the_signals_status(tmp_path):
     # signals a few ms apart keep arriving while the command exits; Python's shutdown restores
     # the default handlers, so one of them used to kill the process (status -2 or -15)
-    import time
-
-    env = {**os.environ, **data_parallel.PROCESS_ENV, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gla_np.train", *TINY, "--steps", "100000",
-                             "--log_every", "1", "--save_every", "2", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        for line in proc.stdout:
-            if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
-                break
-        for i in range(40):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT if i % 3 else signal.SIGTERM)
-            time.sleep(0.002)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), (proc.returncode, err)
+    returncode, err = _signal_burst(tmp_path, 40, gap=0.002)
+    assert returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), (returncode, err)
     assert "Traceback" not in err and err.count("\n") == 1, err

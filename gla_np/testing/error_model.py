@@ -3,7 +3,7 @@
 A correct kernel's entry satisfies ``|got - ref| <= bound``, where :func:`bound` is
 ``(η n_round + η_acc n_span span) M + η_acc n_pass M_pass + η_acc span (M_window - M_pass) +
 η_64 n_ref M_window + atol`` with the constants of :class:`ErrorModel` per precision
-(docs/testing-your-kernel.md derives it, docs/notation.md names the symbols): an in-chunk part,
+(derived in docs/testing-your-kernel.md, symbols named in docs/notation.md): an in-chunk part,
 :func:`tolerance`, that grows with the entry's magnitude and the log-gate span of a chunk, and
 step terms, :func:`per_step_tolerance`, that grow with the sequential steps each term went
 through. :func:`dg_identity_loss` says how much looser dg's bound is for a kernel that uses the
@@ -35,7 +35,7 @@ REFERENCE_PER_STEP = 4.0
 
 
 class ErrorModel(NamedTuple):
-    """The constants of the bound (docs/testing-your-kernel.md derives it), with η the unit
+    """The constants of the bound (derived in docs/testing-your-kernel.md), with η the unit
     roundoff of the kernel's products, η_acc of its accumulation dtype, η_64 of float64:
 
         bound = (η n_round + η_acc n_span span) M  +  η_acc n_pass M_pass
