@@ -6,7 +6,9 @@
 
 The core of a GLA layer: ``chunked.forward`` then ``chunked.backward`` with a random upstream
 gradient on the output and none on the final state (no initial state), chunks of 64, float32,
-one thread (OpenBLAS on one thread, as in a training step's shard). Gates:
+one thread (OpenBLAS on one thread, as in a training step's shard). Timed as the layer runs it,
+without the final state (``output_final_state=False``): torch_core.py's core returns no final
+state either. Gates:
 
     init    like a fresh layer's, g = logsigmoid(z) / 16 with z ~ N(0, 1): a chunk of 64 spans
             about 3 in every channel, so each chunk is one masked matmul
@@ -86,7 +88,7 @@ def main(argv=None):
         q, k, v, g, do = make_inputs(gates, **shape)
 
         def core():
-            o, _, cache = chunked.forward(q, k, v, g, chunk_size=CHUNK)
+            o, _, cache = chunked.forward(q, k, v, g, chunk_size=CHUNK, output_final_state=False)
             return chunked.backward(do, None, cache)
 
         with _one_blas_thread():

@@ -10,6 +10,7 @@ matmul per chunk through the chunk's start, PyTorch's fastest form on a CPU and 
 strong gates; ``--form stable``: sub-chunks of 16, every exponent <= 0), forward and then
 autograd's backward with the same upstream gradient as core.py, on core.py's inputs (the same
 arrays: ``core.make_inputs``), float32, chunks of 64, ``torch.set_num_threads(--threads)``.
+Like core.py's, the core computes no final state (``chunk_gla`` returns o alone).
 
 ``--check`` compares, in float64 at T = 256, the output and the gradients of q, k, v and g with
 gla_np's chunk form and exits with status 1 if a relative error is above 1e-8 (the naive form

@@ -237,3 +237,30 @@ def test_one_array_in_the_other_layout_is_named(form):
     with pytest.raises(ValueError, match=r"^do: expected shape \(1, 2, 5, 4\), got \(1, 5, 2, 4\); "
                                          r"do looks like"):
         gla_attention_backward(swapped, None, cache)
+
+
+@pytest.mark.parametrize("layout", ["BHTK", "BTHK"])
+@pytest.mark.parametrize("form", FORMS)
+def test_without_the_final_state_every_form_returns_none_and_the_same_rest(form, layout):
+    q, k, v, g, S0, do, dS_T = make_inputs(seed=3, T=7)
+    if layout == "BTHK":
+        q, k, v, g, do = (np.ascontiguousarray(x.swapaxes(1, 2)) for x in (q, k, v, g, do))
+    options = dict(chunk_size=3) if form == "chunk" else {}
+    o, S_T, cache = gla_attention(q, k, v, g, form=form, initial_state=S0, layout=layout,
+                                  **options)
+    o_no, none, cache_no = gla_attention(q, k, v, g, form=form, initial_state=S0, layout=layout,
+                                         output_final_state=False, **options)
+    assert S_T is not None and none is None
+    np.testing.assert_array_equal(o_no, o)
+    # a gradient on S_T is taken either way: S_T is the same function of the inputs
+    for d_final_state in (None, dS_T):
+        for got, want in zip(gla_attention_backward(do, d_final_state, cache_no),
+                             gla_attention_backward(do, d_final_state, cache)):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_output_final_state_is_checked_by_every_form(form):
+    q, k, v, g, *_ = make_inputs()
+    with pytest.raises(ValueError, match="output_final_state"):
+        gla_attention(q, k, v, g, form=form, output_final_state="no")

@@ -301,3 +301,57 @@ def test_blocks_of_heads_do_not_change_the_result(monkeypatch, block_entries, n_
     assert len(chunked._blocks(B, H, T * max(K, V))) == n_blocks
     for name, x, ref in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], run(), whole):
         assert rel_err(x, ref) < 1e-14, name
+
+
+@pytest.mark.parametrize("T, C, with_S0", [(9, 4, True), (9, 4, False), (8, 8, False),
+                                           (8, 8, True), (7, 2, True)],
+                         ids=["ragged-S0", "ragged", "one-chunk", "one-chunk-S0", "four-chunks"])
+def test_without_the_final_state_the_cache_stops_at_H_N_minus_1(T, C, with_S0, path):
+    rng = np.random.default_rng(16)
+    q, k, v, g, S0 = make_inputs(rng, 2, 2, T, 3, 2, initial_state=with_S0)
+    do, dS_T = rng.standard_normal((2, 2, T, 2)), rng.standard_normal((2, 2, 3, 2))
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=C)
+    o_no, none, cache_no = chunked.forward(q, k, v, g, initial_state=S0, chunk_size=C,
+                                           output_final_state=False)
+    N = -(-T // C)
+    assert none is None and not cache_no.has_final_state
+    assert cache_no.states.shape == (2, 2, N, 3, 2)  # H_0 .. H_{N-1}
+    np.testing.assert_array_equal(o_no, o)
+    np.testing.assert_array_equal(cache_no.states, cache.states[:, :, :N])
+    # final_state recomputes S_T from H_{N-1} and the last chunk, the forward's operations
+    assert rel_err(chunked.final_state(cache_no), S_T) < 1e-14
+    np.testing.assert_array_equal(chunked.final_state(cache), S_T)
+    # backward never reads S_T: with or without it, every gradient is the same, dS_T included
+    for d_final_state in (None, dS_T):
+        for got, want in zip(chunked.backward(do, d_final_state, cache_no),
+                             chunked.backward(do, d_final_state, cache)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_final_state_gradient_without_the_final_state_matches_finite_differences():
+    # the use the backward allows: S_T recomputed by final_state after a forward without it,
+    # and a loss on S_T, whose gradient reaches the inputs through d_final_state
+    rng = np.random.default_rng(17)
+    q, k, v, g, S0 = make_inputs(rng, 1, 1, 7, 2, 3)
+    douts = [rng.standard_normal((1, 1, 7, 3)), rng.standard_normal((1, 1, 2, 3))]
+
+    def forward(**inputs):
+        o, none, cache = chunked.forward(**inputs, chunk_size=3, output_final_state=False)
+        assert none is None
+        return o, chunked.final_state(cache), cache
+
+    gradcheck(forward, chunked.backward, dict(q=q, k=k, v=v, g=g, initial_state=S0),
+              douts=douts)
+
+
+@pytest.mark.parametrize("bad", [None, 0, 1, "no", "False"], ids=repr)
+def test_output_final_state_must_be_true_or_false(bad):
+    q, k, v, g, _ = make_inputs(np.random.default_rng(18), 1, 1, 4, 2, 2)
+    with pytest.raises(ValueError, match="output_final_state"):
+        chunked.forward(q, k, v, g, output_final_state=bad)
+
+
+def test_final_state_refuses_what_is_not_a_chunked_cache():
+    q, k, v, g, _ = make_inputs(np.random.default_rng(19), 1, 1, 4, 2, 2)
+    with pytest.raises(ValueError, match="cache"):
+        chunked.final_state(recurrent.forward(q, k, v, g)[2])

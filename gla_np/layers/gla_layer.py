@@ -188,7 +188,7 @@ def forward(params, x, config, *, training=False, rng=None):
     # fla's kernels take (B, T, H, K); our core is head-major (B, H, T, K): swap T and H.
     heads = [a.transpose(0, 2, 1, 3) for a in (q, k, v, g)]
     chunking = {"chunk_size": config.chunk_size} if config.form == "chunk" else {}
-    o, _, c_core = gla_attention(*heads, form=config.form, **chunking)
+    o, _, c_core = gla_attention(*heads, form=config.form, output_final_state=False, **chunking)
     y, c_out = _out_forward(params, o.transpose(0, 2, 1, 3), xn, output_norm_eps(config))
     yd, c_drop = dropout.forward(y, config.dropout, rng, training)
     return x + yd, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)

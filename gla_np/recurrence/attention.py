@@ -60,13 +60,14 @@ def _heads_major_copy(x):
 
 
 def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, chunk_size=64,
-                  sub_chunk_size=None, layout="BHTK"):
+                  sub_chunk_size=None, layout="BHTK", output_final_state=True):
     """Gated linear attention: return ``(o, final_state, cache)``.
 
     q, k, g ``(B, H, T, K)`` (g the log forget gate, <= 0; -inf is a hard reset, decay exactly
     0); v ``(B, H, T, V)``; initial_state ``(B, H, K, V)`` or None (zeros). scale defaults to
     K ** -0.5 and multiplies q. Returns o ``(B, H, T, V)`` and the final state ``(B, H, K, V)``,
-    in the input dtype. With ``layout="BTHK"`` (fla's) q, k, g are ``(B, T, H, K)`` and v, o
+    in the input dtype; with ``output_final_state=False`` the final state is None and the forms
+    that can skip computing it do (``chunked.final_state(cache.inner)`` recomputes it). With ``layout="BTHK"`` (fla's) q, k, g are ``(B, T, H, K)`` and v, o
     ``(B, T, H, V)``; the states keep ``(B, H, K, V)``.
     """
     check_choice("form", form, FORMS)
@@ -76,13 +77,14 @@ def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, c
         q, k, v, g = (_heads_major_copy(x) for x in (q, k, v, g))
         o, final_state, cache = gla_attention(
             q, k, v, g, form=form, scale=scale, initial_state=initial_state,
-            chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+            chunk_size=chunk_size, sub_chunk_size=sub_chunk_size,
+            output_final_state=output_final_state)
         return (np.ascontiguousarray(_heads_major(o)), final_state,
                 cache._replace(layout="BTHK"))
     if form == "chunk":
         o, final_state, inner = chunked.forward(
             q, k, v, g, scale=scale, initial_state=initial_state, chunk_size=chunk_size,
-            sub_chunk_size=sub_chunk_size)
+            sub_chunk_size=sub_chunk_size, output_final_state=output_final_state)
     else:
         if chunk_size != 64:
             raise ValueError(f"chunk_size: only used by form='chunk', got chunk_size="
@@ -91,7 +93,8 @@ def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, c
             raise ValueError(f"sub_chunk_size: only used by form='chunk', got sub_chunk_size="
                              f"{sub_chunk_size!r} with form={form!r}")
         o, final_state, inner = MODULES[form].forward(q, k, v, g, scale=scale,
-                                                      initial_state=initial_state)
+                                                      initial_state=initial_state,
+                                                      output_final_state=output_final_state)
     return o, final_state, AttentionCache(form, inner)
 
 

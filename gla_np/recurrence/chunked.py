@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gla_np._checks import check_positive_int
+from gla_np._checks import check_bool, check_positive_int
 from gla_np.recurrence import _chunk_tiles
 from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
                                 floor_log_gates)
@@ -107,15 +107,18 @@ class ChunkedCache(NamedTuple):
     k: np.ndarray  # (B, H, T, K)
     v: np.ndarray  # (B, H, T, V)
     b: np.ndarray  # (B, H, N, C, K) chunk-local cumsum of g, kept instead of g (same size)
-    states: np.ndarray  # (B, H, N + 1, K, V): states[:, :, n] = H_n, H_0 = S_0, H_N = S_T
+    states: np.ndarray  # (B, H, N + 1, K, V): states[:, :, n] = H_n, H_0 = S_0, H_N = S_T;
+    #                     (B, H, N, K, V), H_0 .. H_{N-1}, when has_final_state is False
     scale: float  # s, multiplies q (a Python float; backward casts it to q's dtype)
     chunk_size: int  # C actually used: min(chunk_size, T)
     sub_chunk_size: int  # c actually used: min(sub_chunk_size, C)
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
+    has_final_state: bool  # False: the forward skipped H_N = S_T (``final_state`` recomputes it)
     reset: np.ndarray | None  # (B, H, T, K) bool, gates at or below the floor (dg = 0 there)
 
 
-def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_chunk_size=None):
+def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_chunk_size=None,
+            output_final_state=True):
     """Run the recurrence chunk by chunk: return ``(o, final_state, cache)``.
 
     Same signature and results as ``recurrent.forward``, plus ``chunk_size`` (C >= 1; the last
@@ -123,8 +126,11 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     largest tile of the chunk computed elementwise, default ``DEFAULT_SUB_CHUNK_SIZE``; the chunk
     is halved until its tiles are at most that long; c need not divide C, and
     a c larger than C is used as C). Neither changes the result beyond rounding.
+    ``output_final_state=False`` skips the last state update (3): final_state is returned as
+    None and the cache holds H_0 .. H_{N-1}; ``final_state(cache)`` computes S_T later if wanted.
     """
     B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    output_final_state = check_bool("output_final_state", output_final_state)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     sub_chunk_size = check_positive_int(
         "sub_chunk_size", DEFAULT_SUB_CHUNK_SIZE if sub_chunk_size is None else sub_chunk_size)
@@ -139,21 +145,23 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
 
     o = np.empty_like(v)  # (B, H, T, V)
     b = np.empty((B, H, N, C, K), dtype=q.dtype)
-    states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
+    states = np.empty((B, H, N + output_final_state, K, V), dtype=q.dtype)  # H_0 .. H_N or N-1
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         o[blk], b[blk], states[blk] = _forward_block(q[blk], k[blk], v[blk], g[blk], S0[blk],
-                                                     s, C, c, reads_state)
-    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None, reset)
-    return o, states[:, :, N].copy(), cache
+                                                     s, C, c, reads_state, output_final_state)
+    cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None,
+                         output_final_state, reset)
+    return o, states[:, :, N].copy() if output_final_state else None, cache
 
 
-def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
+def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state=True):
     """The forward on one block of (batch, head) pairs: return o, b and the states H_0 .. H_N.
 
     Arguments are the block's slices of the inputs (S0 zeros when there is no initial state);
     s is the scale as a NumPy scalar of the input dtype. ``reads_state=False`` says that every
     entering state H_n is zero (one chunk and no initial state), so the reads (1) are skipped:
     exactly zero, and the training model's whole sequence (T = 64) is one chunk.
+    ``output_final_state=False`` stops the states at H_{N-1}: the last chunk's write is skipped.
     """
     B, H, T, K = q.shape
     V = v.shape[3]
@@ -161,14 +169,16 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
     b, l = _chunk_decays(g, C)
 
     # (3) state passing: what chunk n writes, decayed to its end, then a loop over chunks
-    k_to_end = k_c * np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K), exponents <= 0
-    writes = k_to_end.swapaxes(-1, -2) @ v_c  # (B, H, N, K, V)
-    chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
     N = b.shape[2]
-    states = np.empty((B, H, N + 1, K, V), dtype=q.dtype)
+    passed = N if output_final_state else N - 1  # the chunks whose leaving state is kept
+    states = np.empty((B, H, passed + 1, K, V), dtype=q.dtype)
     states[:, :, 0] = S0
-    for n in range(N):
-        states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
+    if passed:
+        writes = _chunk_writes(k_c[:, :, :passed], v_c[:, :, :passed], b[:, :, :passed],
+                               l[:, :, :passed])  # (B, H, passed, K, V)
+        chunk_decay = np.exp(l[:, :, :passed])[..., None]  # (B, H, passed, K, 1)
+        for n in range(passed):
+            states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
     # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
     o = _chunk_tiles.forward(qs, k_c, v_c, b, c)  # (B, H, N, C, V)
@@ -176,8 +186,33 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True):
     o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
-        o += (qs * np.exp(b)) @ states[:, :, :-1]
+        o += (qs * np.exp(b)) @ states[:, :, :N]
     return _from_chunks(o, T), b, states
+
+
+def _chunk_writes(k_c, v_c, b, l):
+    """What each chunk writes into the state leaving it (3): sum_u (k_u * exp(l_n - b_u)) v_u^T,
+    (..., K, V) from k_c, b (..., C, K), v_c (..., C, V) and l (..., K); exponents <= 0."""
+    k_to_end = k_c * np.exp(l[..., None, :] - b)  # (..., C, K)
+    return k_to_end.swapaxes(-1, -2) @ v_c
+
+
+def final_state(cache):
+    """S_T = H_N from a ``ChunkedCache``, for a forward run with ``output_final_state=False``.
+
+    Recomputes the last step of (3) from what the cache keeps (H_{N-1}, the last chunk's k, v
+    and b): the same operations as the forward, so the same numbers as its final state. From a
+    cache that has H_N already, returns a copy of it. (B, H, K, V), a new array.
+    """
+    check_cache(cache, ChunkedCache, "chunked.forward")
+    if cache.has_final_state:
+        return cache.states[:, :, -1].copy()
+    N, C = cache.b.shape[2], cache.chunk_size
+    last = slice((N - 1) * C, None)  # the last chunk's rows, padded below like the forward's
+    k_c, v_c = _to_chunks(cache.k[:, :, last], C), _to_chunks(cache.v[:, :, last], C)
+    b, l = cache.b[:, :, N - 1:], cache.b[:, :, N - 1:, -1, :]  # (B, H, 1, C, K), (B, H, 1, K)
+    writes = _chunk_writes(k_c, v_c, b, l)[:, :, 0]  # (B, H, K, V)
+    return np.exp(l[:, :, 0])[..., None] * cache.states[:, :, N - 1] + writes
 
 
 def _blocks(B, H, entries_per_head):
@@ -211,9 +246,11 @@ def backward(do, d_final_state, cache):
     nothing large cancels when the gates are strong.
 
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
-    forward had no initial state.
+    forward had no initial state. A ``d_final_state`` is taken whether or not the forward
+    returned S_T (``output_final_state``): S_T is the same function of the inputs either way
+    (``final_state(cache)`` recomputes it), and backward never reads S_T itself, only E_{N-1}.
     """
-    q, k, v, b, states, scale, C, c, has_initial_state, reset = check_cache(
+    q, k, v, b, states, scale, C, c, has_initial_state, _, reset = check_cache(
         cache, ChunkedCache, "chunked.forward")
     B, H, T, K = q.shape
     V = v.shape[3]
@@ -256,7 +293,7 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
     qs = s * q_c
     l = b[:, :, :, -1, :]  # (B, H, N, K)
-    entering = states[:, :, :-1]  # H_n, (B, H, N, K, V)
+    entering = states[:, :, :b.shape[2]]  # H_n, (B, H, N, K, V); H_N is never read
 
     # the state pass in reverse: E_n, the gradient on the state leaving chunk n, and dS_0
     if reads_state or writes_state:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gla_np._checks import check_bool
 from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_upstream,
                                 floor_log_gates)
 from gla_np.recurrence.gate_identity import reverse_cumsum
@@ -56,8 +57,10 @@ class ParallelCache(NamedTuple):
     reset: np.ndarray | None  # (B, H, T, K) bool, gates at or below the floor (dg = 0 there)
 
 
-def forward(q, k, v, g, *, scale=None, initial_state=None):
+def forward(q, k, v, g, *, scale=None, initial_state=None, output_final_state=True):
     """Attention with a decay mask: return ``(o, final_state, cache)``, equal to ``recurrent``'s.
+
+    ``output_final_state=False`` skips (5) and returns None for S_T.
 
     Equations (numbered as in docs/derivations/recurrence/parallel.md):
         (0) g = max(g, floor): exact, a gate below the floor has exp(g) = 0 in the dtype
@@ -68,6 +71,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
         (5) S_T = diag(exp G_T) S_0 + sum_u (k_u * exp(G_T - G_u)) v_u^T
     """
     B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    output_final_state = check_bool("output_final_state", output_final_state)
     if B * H * T * T * K > MAX_DECAY_ENTRIES:
         raise ValueError(f"T: the parallel form builds a (B, H, T, T, K) decay tensor; with "
                          f"T={T} it has {B * H * T * T * K} entries, over the limit of "
@@ -78,9 +82,11 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
     W = causal_decay(G)  # (2) (B, H, T, T, K)
     A = scale * np.einsum("bhti,bhui,bhtui->bhtu", q, k, W)  # (3) (B, H, T, T)
     o = A @ v + scale * (q * np.exp(G)) @ S0  # (4) (B, H, T, V)
-    G_T = G[:, :, -1]  # (B, H, K)
-    kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
-    S_T = np.exp(G_T)[..., None] * S0 + np.swapaxes(kE, 2, 3) @ v  # (5) (B, H, K, V)
+    S_T = None
+    if output_final_state:
+        G_T = G[:, :, -1]  # (B, H, K)
+        kE = k * np.exp(G_T[:, :, None, :] - G)  # (B, H, T, K), exponents <= 0
+        S_T = np.exp(G_T)[..., None] * S0 + np.swapaxes(kE, 2, 3) @ v  # (5) (B, H, K, V)
     cache = ParallelCache(q, k, v, G, S0, scale, initial_state is not None, reset)
     return o, S_T, cache
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gla_np._checks import check_bool
 from gla_np.recurrence._gla_inputs import (check_cache, check_gla_inputs, check_gla_step_inputs,
                                 check_gla_upstream, floor_log_gates)
 
@@ -63,13 +64,16 @@ class RecurrentCache(NamedTuple):
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
 
 
-def forward(q, k, v, g, *, scale=None, initial_state=None):
+def forward(q, k, v, g, *, scale=None, initial_state=None, output_final_state=True):
     """Run the recurrence over the sequence: return ``(o, final_state, cache)``.
 
     o ``(B, H, T, V)``, final_state S_T ``(B, H, K, V)``; scale defaults to K ** -0.5 and
     multiplies q; initial_state S_0 defaults to zeros. Outputs keep the input dtype.
+    ``output_final_state=False`` returns None for S_T (the loop makes it anyway: o_T reads it;
+    the cache keeps it as always).
     """
     B, H, T, K, V, scale = check_gla_inputs(q, k, v, g, initial_state, scale)
+    output_final_state = check_bool("output_final_state", output_final_state)
     g, _ = floor_log_gates(g)  # (0) exact: a gate below the floor has exp(g) = 0 either way
     states = np.empty((B, H, T + 1, K, V), dtype=q.dtype)
     states[:, :, 0] = 0.0 if initial_state is None else initial_state
@@ -78,7 +82,7 @@ def forward(q, k, v, g, *, scale=None, initial_state=None):
         o[:, :, t], states[:, :, t + 1] = _step(q[:, :, t], k[:, :, t], v[:, :, t], g[:, :, t],
                                                 states[:, :, t], scale)
     cache = RecurrentCache(q, k, v, g, states, scale, initial_state is not None)
-    return o, states[:, :, T].copy(), cache
+    return o, states[:, :, T].copy() if output_final_state else None, cache
 
 
 def backward(do, d_final_state, cache):
@@ -93,7 +97,8 @@ def backward(do, d_final_state, cache):
         dg_t = a_t * rowsum(S^_t * S_{t-1})              d_initial_state = diag(a_1) S^_1
 
     ``do=None`` or ``d_final_state=None`` mean zero. ``d_initial_state`` is None when the
-    forward had no initial state.
+    forward had no initial state. A ``d_final_state`` is taken whether or not the forward
+    returned S_T: it is the same function of the inputs either way.
     """
     q, k, v, g, states, scale, has_initial_state = check_cache(cache, RecurrentCache,
                                                                "recurrent.forward")

@@ -43,6 +43,7 @@ import numpy as np
 from gla_np._checks import check_array, check_positive_int, values_scanned
 from gla_np.layers import _params, gate, gla_layer, model, short_conv
 from gla_np.layers._params import normal
+from gla_np.recurrence import chunked
 from gla_np.ops import cross_entropy, embedding, linear
 
 EMBEDDING, HEAD = "embedding.weight", "head.weight"
@@ -225,9 +226,10 @@ def prefill(params, ids, config):
     """Read a prompt ids int (B, T) in one pass of the chunked form; returns ``(logits (B, V)
     at its last position, state after it)``, the state ``step`` continues from.
 
-    The state is what the chunked forward leaves anyway: its last chunk-boundary state
-    ``H_N = S_T`` (the cache keeps every boundary, docs/derivations/recurrence/chunked.md) and,
-    with short convolutions, the last W - 1 inputs of each convolution. It equals the state of
+    The state is the chunked forward's final state ``H_N = S_T``, which the layer does not ask
+    for: ``chunked.final_state`` computes it from the last chunk-boundary state the cache keeps,
+    ``H_{N-1}``, and the last chunk (docs/derivations/recurrence/chunked.md) and, with short
+    convolutions, the last W - 1 inputs of each convolution. It equals the state of
     ``step`` run over the same tokens to rounding (tests/test_sample.py checks it).
     """
     config = dataclasses.replace(config, form="chunk")
@@ -237,7 +239,7 @@ def prefill(params, ids, config):
     logits, cache = forward(params, ids, config, positions=last)  # (B, V)
     state = []
     for c in cache.stack.blocks:
-        S_T = c.attn.core.inner.states[:, :, -1].copy()  # (B, H, K, V)
+        S_T = chunked.final_state(c.attn.core.inner)  # (B, H, K, V)
         conv = ()
         if config.use_short_conv:
             conv = tuple(short_conv.new_prefix(cc) for cc in c.attn.qkv.conv)  # (B, W-1, C)
