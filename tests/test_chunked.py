@@ -122,20 +122,21 @@ def _sizes_of_one_matmul(monkeypatch):
     """A list that records the block size of every one-matmul call of _chunk_tiles."""
     sizes, in_blocks = [], _chunk_tiles._in_blocks
 
-    def spy(qs, k, b, size):
+    def spy(qs, k, b, size, out=None):
         sizes.append(size)
-        return in_blocks(qs, k, b, size)
+        return in_blocks(qs, k, b, size, out)
 
     monkeypatch.setattr(_chunk_tiles, "_in_blocks", spy)
     return sizes
 
 
-@pytest.mark.parametrize("g_per_step, size", [(-np.log(2) / 16, 64), (-1.0, 16), (-30.0, None)],
-                         ids=["init", "g-1", "g-30"])
-def test_one_matmul_at_the_first_level_whose_blocks_are_mild(monkeypatch, g_per_step, size):
+@pytest.mark.parametrize("g_per_step, calls", [(-np.log(2) / 16, [64]), (-1.0, [16, 16]),
+                                               (-30.0, [])], ids=["init", "g-1", "g-30"])
+def test_one_matmul_at_the_first_level_whose_blocks_are_mild(monkeypatch, g_per_step, calls):
     # float32 allows spans up to ln(max) / 4 = 22.2. A chunk of 64 at the initial gates spans
-    # 63 ln2 / 16 = 2.7: one matmul. At g = -1 the chunk spans 63, its halves 31, their halves
-    # 15: two halvings, then one matmul per block of 16. At g = -30 no block is mild.
+    # 63 ln2 / 16 = 2.7: one matmul, made once (the cache keeps it for the backward). At g = -1
+    # the chunk spans 63, its halves 31, their halves 15: two halvings, then one matmul per
+    # block of 16, made in the forward and again in the backward. At g = -30 no block is mild.
     sizes = _sizes_of_one_matmul(monkeypatch)
     rng = np.random.default_rng(11)
     B, H, T, K, V = 1, 2, 150, 8, 8  # three chunks of 64, the last one ragged
@@ -150,7 +151,8 @@ def test_one_matmul_at_the_first_level_whose_blocks_are_mild(monkeypatch, g_per_
     ref += recurrent.backward(f64[5], f64[6], ref_cache)
     for name, x, r in zip(["o", "S_T", "dq", "dk", "dv", "dg", "dS0"], got, ref):
         assert x.dtype == np.float32 and rel_err(x, r) < 1e-5, name
-    assert sizes == ([] if size is None else [size, size])  # one call in forward, one in backward
+    assert sizes == calls
+    assert (cache.mild is not None) == (calls == [64])
 
 
 def test_one_matmul_is_refused_when_the_magnitudes_leave_no_room(monkeypatch):
@@ -355,3 +357,20 @@ def test_final_state_refuses_what_is_not_a_chunked_cache():
     q, k, v, g, _ = make_inputs(np.random.default_rng(19), 1, 1, 4, 2, 2)
     with pytest.raises(ValueError, match="cache"):
         chunked.final_state(recurrent.forward(q, k, v, g)[2])
+
+
+@pytest.mark.parametrize("do_scale", [1.0, 1e15], ids=["do-1", "do-1e15"])
+def test_backward_uses_the_kept_mild_chunks_only_where_do_leaves_room(do_scale):
+    # the forward keeps each chunk's one matmul (mild gates); the backward uses it as it is,
+    # which gives the numbers of making it again. A do of 1e15 leaves (M3) no room: the
+    # backward halves the chunk instead, as it does without the kept pieces, and stays finite.
+    rng = np.random.default_rng(20)
+    q, k, v, _, S0 = make_inputs(rng, 2, 2, 128, 8, 8, dtype=np.float32)
+    g = np.full(q.shape, -0.01, dtype=np.float32)
+    do = (rng.standard_normal(v.shape) * do_scale).astype(np.float32)
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0)
+    assert cache.mild is not None and cache.mild.A.shape == (2, 2, 2, 64, 64)
+    for got, want in zip(chunked.backward(do, S_T, cache),
+                         chunked.backward(do, S_T, cache._replace(mild=None))):
+        assert np.isfinite(got).all()
+        np.testing.assert_array_equal(got, want)

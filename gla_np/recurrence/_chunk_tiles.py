@@ -32,7 +32,9 @@ one matmul with the pairs u >= t masked to 0. Before each level is halved, if ev
 the level spans at most ``_span_limit`` (a bound that keeps every number the matmul makes
 finite, the masked pairs included, and both factors well inside the dtype's range), the whole
 level is done so and the halving stops. A fresh layer's chunk of 64 is one matmul; strong gates
-are halved as below.
+are halved as below. When every chunk is one mild block, ``forward_keeping`` writes the pieces
+of its matmul into arrays the caller keeps (``MildChunks``) and ``backward`` uses them as they
+are instead of making them again.
 
 Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is
 not a tile size times a power of two is padded with rows after its end (gates 0, q, k, v zero)
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -130,21 +133,65 @@ def _past_mask(size, dtype):
     return mask
 
 
-def _in_blocks(qs, k, b, size):
+class MildChunks(NamedTuple):
+    """The pieces of the one masked matmul of chunks that are each one mild block (``_in_blocks``
+    at size = C), made by ``forward_keeping`` into arrays the caller owns, so that ``backward``
+    uses them instead of making them again (``chunked`` keeps them in its cache)."""
+
+    A: np.ndarray  # (..., C, C): (q_ref @ k_ref^T) * [u < t]
+    q_ref: np.ndarray  # (..., C, K): qs * q_decay
+    k_ref: np.ndarray  # (..., C, K): k * k_decay
+    q_decay: np.ndarray  # (..., C, K): exp(b_t - b_first) in [exp(-span), 1]
+    k_decay: np.ndarray  # (..., C, K): exp(b_first - b_u) in [1, exp(span)]
+
+    @classmethod
+    def empty(cls, lead, C, K, dtype):
+        """Arrays to fill, for chunks (*lead, C, K)."""
+        return cls(np.empty((*lead, C, C), dtype), *(np.empty((*lead, C, K), dtype)
+                                                       for _ in range(4)))
+
+    def take(self, index):
+        """The pieces of some chunks: every array indexed by ``index`` (views)."""
+        return MildChunks(*(x[index] for x in self))
+
+
+def _in_blocks(qs, k, b, size, out=None):
     """Every past pair of every block of ``size`` rows as one matmul through the block's first
     row: (A, q_ref, k_ref, q_decay, k_decay), A (..., C/size, size, size) = q_ref @ k_ref^T
     times the mask u < t, q_ref = qs * exp(b - b_first) (factors <= 1), k_ref = k *
-    exp(b_first - b) (factors
-    <= exp(span)). Only for mild blocks, whose span is below ``_span_limit``."""
+    exp(b_first - b) (factors <= exp(span)). Only for mild blocks, whose span is below
+    ``_span_limit``. ``out``: a MildChunks (size = C) to write the five arrays into."""
     b_blocks = _tiles(b, size)
-    q_decay = b_blocks - b_blocks[..., :1, :]  # b_t - b_first (..., C/size, size, K), <= 0
-    k_decay = np.exp(np.negative(q_decay))  # exp(b_first - b_u) in [1, exp(span)]   (M1)
+    A, q_ref, k_ref, q_decay, k_decay = (None,) * 5 if out is None else (
+        _tiles(x, size) for x in out)
+    # b_t - b_first (..., C/size, size, K), <= 0
+    q_decay = np.subtract(b_blocks, b_blocks[..., :1, :], out=q_decay)
+    k_decay = np.negative(q_decay, out=k_decay)
+    np.exp(k_decay, out=k_decay)  # exp(b_first - b_u) in [1, exp(span)]   (M1)
     np.exp(q_decay, out=q_decay)  # exp(b_t - b_first) in [exp(-span), 1]
-    q_ref = _tiles(qs, size) * q_decay
-    k_ref = _tiles(k, size) * k_decay
-    A = q_ref @ k_ref.swapaxes(-1, -2)  # every entry finite: (M2) under (M3)
+    q_ref = np.multiply(_tiles(qs, size), q_decay, out=q_ref)
+    k_ref = np.multiply(_tiles(k, size), k_decay, out=k_ref)
+    A = np.matmul(q_ref, k_ref.swapaxes(-1, -2), out=A)  # every entry finite: (M2) under (M3)
     A *= _past_mask(size, A.dtype)  # the pairs u >= t: finite times 0 is exactly 0
     return A, q_ref, k_ref, q_decay, k_decay
+
+
+def _tiles_of(kept, size):
+    """The arrays of a MildChunks as blocks of ``size`` rows, in ``_in_blocks``'s order."""
+    return [_tiles(x, size) for x in kept]
+
+
+def _mild_backward(do, v, A, q_ref, k_ref, q_decay, k_decay):
+    """The gradients (dqs, dk, dv) of mild blocks, as blocks (..., C/size, size, .), from the
+    pieces of their one masked matmul (``_in_blocks``)."""
+    # mild blocks, one masked matmul: A = (q_ref @ k_ref^T) * mask, o += A v
+    # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
+    size = A.shape[-1]
+    do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
+    dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
+    dA *= _past_mask(size, dA.dtype)
+    return (q_decay * (dA @ k_ref), k_decay * (dA.swapaxes(-1, -2) @ q_ref),
+            A.swapaxes(-1, -2) @ do_blocks)
 
 
 def _in_tiles(qs_tile, k_tile, b_tile, d):
@@ -161,21 +208,29 @@ def forward(qs, k, v, b, c):
 
     o_t = sum_{u < t} A[t, u] v_u with A as in the module docstring, c the largest tile.
     """
+    return forward_keeping(qs, k, v, b, c)[0]
+
+
+def forward_keeping(qs, k, v, b, c, keep=None):
+    """``forward``, returning ``(o, kept)``: with ``keep`` (a MildChunks of arrays (..., C, .)),
+    when the chunk is one mild block (its first level, C > c rows, no padding) the pieces of
+    its matmul are written into ``keep`` and kept is True; otherwise kept is False."""
     C = qs.shape[-2]
     size = _padded_length(C, c)
     if size != C:
         (qs, k, v), b = _pad_rows([qs, k, v], b, size)
-        return forward(qs, k, v, b, c)[..., :C, :]
+        return forward(qs, k, v, b, c)[..., :C, :], False
     o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
     limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v)
     while size > c:
         if _widest_span(b, size) <= limit:
             # mild blocks: every past pair of every block of `size` rows, one masked matmul
-            A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
             if size == C:  # the first level: nothing added yet, A v is the output
-                return (A @ _tiles(v, size)).reshape(v.shape)
+                A = _in_blocks(qs, k, b, size, out=keep)[0]  # (..., 1, C, C)
+                return (A @ _tiles(v, size)).reshape(v.shape), keep is not None
+            A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
             _tiles(o, size)[...] += A @ _tiles(v, size)
-            return o
+            return o, False
         # the pairs across the two halves of every block of `size` rows: one matmul, factors <= 1
         A = _across(qs, k, b, size)[0]  # (..., C/size, size/2, size/2)
         _halves(o, size)[..., 1, :, :] += A @ _halves(v, size)[..., 0, :, :]
@@ -185,15 +240,16 @@ def forward(qs, k, v, b, c):
         # inside the tiles, the pairs at distance d: o_t += A[t, t - d] v_{t-d}
         A_d = _in_tiles(qs_tile, k_tile, b_tile, d)[0]  # (..., C/size, size-d)
         o_tile[..., d:, :] += A_d[..., None] * v_tile[..., :-d, :]
-    return o
+    return o, False
 
 
-def backward(do, qs, k, v, b, c):
+def backward(do, qs, k, v, b, c, kept=None):
     """Gradients of o = forward(qs, k, v, b, c): return (dqs, dk, dv), like the inputs.
 
     do, v (..., C, V); qs, k, b (..., C, K). Every block's factors and A are rebuilt from b as
-    in ``forward`` and used at once. With dA[t, u] = do_t . v_u
-    (docs/derivations/recurrence/chunked.md, step B3):
+    in ``forward`` and used at once, except that ``kept``, the MildChunks ``forward_keeping``
+    filled, is used as it is when do leaves room for it ((M3) with do's magnitude too). With
+    dA[t, u] = do_t . v_u (docs/derivations/recurrence/chunked.md, step B3):
 
         dv_u  = sum_{t > u} A[t, u] do_t
         dqs_t = sum_{u < t} dA[t, u] exp(b_t - b_u) * k_u
@@ -201,25 +257,23 @@ def backward(do, qs, k, v, b, c):
     """
     C = qs.shape[-2]
     size = _padded_length(C, c)
+    width = max(size, *qs.shape[-1:], *v.shape[-1:])
+    if kept is not None and _widest_span(b, C) <= _span_limit(qs.dtype, width, do):
+        # the forward's one matmul per chunk passed (M3) for qs, k, v; do passes it too
+        return [part.reshape(x.shape)
+                for x, part in zip((qs, k, v), _mild_backward(do, v, *_tiles_of(kept, C)))]
     if size != C:
         (do, qs, k, v), b = _pad_rows([do, qs, k, v], b, size)
         return [x[..., :C, :] for x in backward(do, qs, k, v, b, c)]
     # C order: the views below write into them
     dqs, dk, dv = (np.zeros(x.shape, dtype=x.dtype) for x in (qs, k, v))
-    limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v, do)
+    limit = _span_limit(qs.dtype, width, qs, k, v, do)
     while size > c:
         if _widest_span(b, size) <= limit:
-            # mild blocks, one masked matmul: A = (q_ref @ k_ref^T) * mask, o += A v
-            # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
-            A, q_ref, k_ref, q_decay, k_decay = _in_blocks(qs, k, b, size)
-            do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
-            dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
-            dA *= _past_mask(size, dA.dtype)
-            mild = [(dqs, q_decay * (dA @ k_ref)), (dk, k_decay * (dA.swapaxes(-1, -2) @ q_ref)),
-                    (dv, A.swapaxes(-1, -2) @ do_blocks)]
+            parts = _mild_backward(do, v, *_in_blocks(qs, k, b, size))
             if size == C:  # the first level: nothing added yet, these are the gradients
-                return [part.reshape(total.shape) for total, part in mild]
-            for total, part in mild:
+                return [part.reshape(total.shape) for total, part in zip((dqs, dk, dv), parts)]
+            for total, part in zip((dqs, dk, dv), parts):
                 _tiles(total, size)[...] += part
             return dqs, dk, dv
         # across the halves: A = q_ref @ k_ref^T, o_second += A v_first

@@ -100,7 +100,10 @@ class ChunkedCache(NamedTuple):
     Memory is O(T (K + V) + (T / C) K V) per head, linear in T with a small constant; the
     recurrent form's cache holds a K x V state per step. Backward recomputes everything inside
     a chunk (the decays, the intra-chunk scores, the states at every step never exist): cheap
-    batched work in exchange for memory. b replaces g: backward needs only b.
+    batched work in exchange for memory. b replaces g: backward needs only b. One exception:
+    when every chunk is one mild block (a fresh layer's gates), ``mild`` keeps that block's
+    matmul pieces, the scores A and the factors, O(T (4 K + C)) more per head (about twice
+    the inputs' size at C = K = V), so that backward does not make them again.
     """
 
     q: np.ndarray  # (B, H, T, K)
@@ -115,6 +118,7 @@ class ChunkedCache(NamedTuple):
     has_initial_state: bool  # False: S_0 was zeros and backward returns d_initial_state = None
     has_final_state: bool  # False: the forward skipped H_N = S_T (``final_state`` recomputes it)
     reset: np.ndarray | None  # (B, H, T, K) bool, gates at or below the floor (dg = 0 there)
+    mild: _chunk_tiles.MildChunks | None  # (B, H, N, C, C|K) each, or None: see above
 
 
 def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_chunk_size=None,
@@ -146,16 +150,22 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     o = np.empty_like(v)  # (B, H, T, V)
     b = np.empty((B, H, N, C, K), dtype=q.dtype)
     states = np.empty((B, H, N + output_final_state, K, V), dtype=q.dtype)  # H_0 .. H_N or N-1
+    mild = _chunk_tiles.MildChunks.empty((B, H, N), C, K, q.dtype)  # kept if every block fills it
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
-        o[blk], b[blk], states[blk] = _forward_block(q[blk], k[blk], v[blk], g[blk], S0[blk],
-                                                     s, C, c, reads_state, output_final_state)
+        o[blk], b[blk], states[blk], kept = _forward_block(
+            q[blk], k[blk], v[blk], g[blk], S0[blk], s, C, c, reads_state, output_final_state,
+            None if mild is None else mild.take(blk))
+        if not kept:
+            mild = None
     cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None,
-                         output_final_state, reset)
+                         output_final_state, reset, mild)
     return o, states[:, :, N].copy() if output_final_state else None, cache
 
 
-def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state=True):
-    """The forward on one block of (batch, head) pairs: return o, b and the states H_0 .. H_N.
+def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state=True,
+                   keep=None):
+    """The forward on one block of (batch, head) pairs: return o, b, the states H_0 .. H_N and
+    whether each chunk was one mild block whose pieces were written into ``keep``.
 
     Arguments are the block's slices of the inputs (S0 zeros when there is no initial state);
     s is the scale as a NumPy scalar of the input dtype. ``reads_state=False`` says that every
@@ -181,13 +191,13 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state
             states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
     # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
-    o = _chunk_tiles.forward(qs, k_c, v_c, b, c)  # (B, H, N, C, V)
+    o, kept = _chunk_tiles.forward_keeping(qs, k_c, v_c, b, c, keep)  # (B, H, N, C, V)
     A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), qs_t . k_t
     o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
         o += (qs * np.exp(b)) @ states[:, :, :N]
-    return _from_chunks(o, T), b, states
+    return _from_chunks(o, T), b, states, kept
 
 
 def _chunk_writes(k_c, v_c, b, l):
@@ -250,7 +260,7 @@ def backward(do, d_final_state, cache):
     returned S_T (``output_final_state``): S_T is the same function of the inputs either way
     (``final_state(cache)`` recomputes it), and backward never reads S_T itself, only E_{N-1}.
     """
-    q, k, v, b, states, scale, C, c, has_initial_state, _, reset = check_cache(
+    q, k, v, b, states, scale, C, c, has_initial_state, _, reset, mild = check_cache(
         cache, ChunkedCache, "chunked.forward")
     B, H, T, K = q.shape
     V = v.shape[3]
@@ -271,17 +281,18 @@ def backward(do, d_final_state, cache):
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
         dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
             do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c,
-            reads_state, writes_state)
+            reads_state, writes_state, None if mild is None else mild.take(blk))
     if reset is not None:  # the floor max(g, floor) passes no gradient below it
         dg = np.where(reset, 0, dg)
     return dq, dk, dv, dg, d_initial_state if has_initial_state else None
 
 
 def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=True,
-                    writes_state=True):
+                    writes_state=True, mild=None):
     """The backward on one block of (batch, head) pairs: return dq, dk, dv, dg, dS_0.
 
-    Arguments are the block's slices of the upstream gradients and of the cache; s is the
+    Arguments are the block's slices of the upstream gradients and of the cache (``mild`` its
+    MildChunks or None); s is the
     scale as a NumPy scalar of the input dtype. Two flags skip terms that are exactly zero (one
     chunk, as in the training model at T = 64): ``reads_state=False`` says every entering state
     H_n is zero (no initial state), ``writes_state=False`` that every E_n is zero (no gradient
@@ -317,7 +328,7 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
     # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the halving,
     #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
-    dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c)
+    dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c, mild)
     A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
     dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
     dv = _total(dv_past, A_self * do_c, dv_state)
