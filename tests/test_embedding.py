@@ -86,3 +86,44 @@ def test_dy_of_another_dtype_is_refused_not_cast(E_dtype, dy_dtype):
                f"got {np.dtype(dy_dtype)}")
     with pytest.raises(ValueError, match=re.escape(message)):
         embedding.backward(np.ones((1, 3, 2), dtype=dy_dtype), cache)
+
+
+def _sum_by_id_unnarrowed(ids, dy, vocab):
+    """The same sums from a sort of the int64 ids themselves (a merge sort, not a radix sort)."""
+    ids, rows = ids.reshape(-1), dy.reshape(ids.size, -1)
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.diff(ids[order], prepend=-1))
+    dE = np.zeros((vocab, rows.shape[1]), dtype=dy.dtype)
+    dE[ids[order][starts]] = np.add.reduceat(rows[order], starts, axis=0)
+    return dE
+
+
+@pytest.mark.parametrize("vocab, key_dtype", [(2, np.uint8), (256, np.uint8), (257, np.uint16),
+                                              (65536, np.uint16), (65537, np.uint32)],
+                         ids=["vocab2-u8", "vocab256-u8", "vocab257-u16", "vocab65536-u16",
+                              "vocab65537-u32"])
+def test_backward_sorts_on_the_narrowest_key_and_sums_in_position_order(vocab, key_dtype):
+    # the ids are sorted as the narrowest unsigned type that holds vocab - 1; the sums must be
+    # bitwise those of a sort of the int64 ids (the same order within each id) and np.add.at's
+    # to rounding (np.add.reduceat may add a run's rows in another order than one by one)
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, vocab, size=(3, 50))
+    ids[0, :3] = [0, vocab - 1, vocab - 1]  # both ends of the vocabulary, one repeated
+    ids[2, -5:] = ids[1, 7]  # an id that occurs at least six times
+    assert embedding._sort_key(ids.reshape(-1), vocab).dtype == key_dtype
+    for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-13)):
+        E = np.zeros((vocab, 3), dtype=dtype)
+        _, cache = embedding.forward(ids, E)
+        dy = rng.standard_normal((3, 50, 3)).astype(dtype)
+        dE = embedding.backward(dy, cache)
+        assert dE.dtype == dtype
+        np.testing.assert_array_equal(dE, _sum_by_id_unnarrowed(ids, dy, vocab))
+        want = np.zeros_like(E)
+        np.add.at(want, ids.reshape(-1), dy.reshape(-1, 3))
+        np.testing.assert_allclose(dE, want, rtol=rtol, atol=rtol)
+
+
+def test_backward_of_no_positions_is_zero():
+    _, cache = embedding.forward(np.zeros((2, 0), dtype=np.int64), np.ones((4, 3)))
+    dE = embedding.backward(np.ones((2, 0, 3)), cache)
+    assert dE.shape == (4, 3) and not dE.any()

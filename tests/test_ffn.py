@@ -96,3 +96,41 @@ def test_step_is_forward_at_one_position():
     out, _ = ffn.forward(params, z, config)
     for t in range(3):
         np.testing.assert_allclose(ffn.step(params, z[:, t], config), out[:, t], rtol=1e-13)
+
+
+@pytest.mark.parametrize("training, rate", [(False, 0.5), (True, 0.0), (True, 0.5)],
+                         ids=["eval", "rate0", "train"])
+def test_dropout_returns_a_new_array_which_forward_adds_the_residual_into(training, rate):
+    # ffn.forward adds z into dropout's output in place: that output must never be (or share
+    # memory with) dropout's input y, whose array the down projection made
+    from gla_np.ops import dropout
+    y = np.random.default_rng(6).standard_normal((2, 3, 4))
+    yd, _ = dropout.forward(y, rate, np.random.default_rng(7), training)
+    assert not np.shares_memory(yd, y)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+@pytest.mark.parametrize("rate", [0.0, 0.5], ids=["rate0", "rate0.5"])
+def test_in_place_sums_write_into_no_input_and_no_cached_array(norm, rate):
+    config = _config(norm=norm, dropout=rate)
+    rng = np.random.default_rng(8)
+    params = _params(config, rng)
+    z, dout = rng.standard_normal((2, 2, 3, 4))
+    z_before, dout_before = z.copy(), dout.copy()
+    params_before = {n: p.copy() for n, p in params.items()}
+    out, cache = ffn.forward(params, z, config, training=True, rng=np.random.default_rng(9))
+    sh, u = cache.sh.copy(), cache.u.copy()
+    out_before = out.copy()
+    dz, grads = ffn.backward(dout, cache)
+    dz_again, grads_again = ffn.backward(dout, cache)  # the cache is still the forward's
+    np.testing.assert_array_equal(z, z_before)
+    np.testing.assert_array_equal(dout, dout_before)
+    np.testing.assert_array_equal(out, out_before)
+    np.testing.assert_array_equal(cache.sh, sh)
+    np.testing.assert_array_equal(cache.u, u)
+    for n, p in params.items():
+        np.testing.assert_array_equal(p, params_before[n])
+    np.testing.assert_array_equal(dz, dz_again)
+    for n in grads:
+        np.testing.assert_array_equal(grads[n], grads_again[n])
+    assert not np.shares_memory(dz, dout) and not np.shares_memory(out, z)

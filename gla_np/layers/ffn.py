@@ -75,7 +75,10 @@ def forward(params, z, config, *, training=False, rng=None):
     u, c_up = linear.forward(zn, params["W_up"])  # (B, T, F)
     y, c_down = linear.forward(sh * u, params["W_down"])  # (B, T, D)
     yd, c_drop = dropout.forward(y, config.dropout, rng, training)
-    return z + yd, FFNCache(c_norm, c_gate, c_act, c_up, sh, u, c_down, c_drop)
+    # dropout returns a new array in every case (a copy when it is the identity), so the
+    # residual is added into it: out = dropout(y) + z, the same sum as z + dropout(y)
+    yd += z
+    return yd, FFNCache(c_norm, c_gate, c_act, c_up, sh, u, c_down, c_drop)
 
 
 def backward(dout, cache):
@@ -94,17 +97,21 @@ def backward(dout, cache):
     dy = dropout.backward(dout, c.drop)
     # forward: y = m W_down   so: dm = dy W_down^T,  dW_down = m^T dy
     dm, dW_down, _ = linear.backward(dy, c.down_proj)
-    # forward: m = sh * u   so: dsh = dm * u,  du = dm * sh
-    dsh, du = dm * c.u, dm * c.sh
+    # forward: m = sh * u   so: du = dm * sh,  dsh = dm * u (into dm, this function's own array)
+    du = dm * c.sh
+    dsh = dm
+    dsh *= c.u
     # forward: u = zn W_up   so: dzn_up = du W_up^T,  dW_up = zn^T du
     dzn_up, dW_up, _ = linear.backward(du, c.up_proj)
     # forward: sh = swish(h),  h = zn W_gate   so: dh = swish'(h) dsh,  dzn_gate = dh W_gate^T
     dh = swish.backward(dsh, c.gate_act)
     dzn_gate, dW_gate, _ = linear.backward(dh, c.gate_proj)
-    dzn = dzn_gate + dzn_up  # zn fed two projections
+    dzn = dzn_gate
+    dzn += dzn_up  # zn fed two projections: dzn = dzn_gate + dzn_up, in linear's new array
     # forward: zn = Norm(z)   so: dz_norm = Norm'(dzn)
     dz_norm, n_grads = norm_backward(dzn, c.norm)
-    dz = dout + dz_norm  # z fed the residual and the norm
+    dz = dz_norm
+    dz += dout  # z fed the residual and the norm: dz = dout + dz_norm, in the norm's new array
     grads = {"W_gate": dW_gate, "W_up": dW_up, "W_down": dW_down}
     grads.update(put(n_grads, "norm."))
     return dz, grads

@@ -37,6 +37,19 @@ def _check_ids(ids, vocab):
     return ids
 
 
+def _sort_key(ids, vocab):
+    """``ids`` (values in [0, vocab)) as the narrowest unsigned integer type that holds them.
+
+    The order of a stable sort does not depend on the integer type, only its speed does: NumPy's
+    stable argsort of 8- and 16-bit integers is a radix sort (one counting pass per byte), of
+    wider ones a merge sort. A vocabulary of at most 256 ids sorts in one counting pass.
+    """
+    for kind in (np.uint8, np.uint16, np.uint32):
+        if vocab - 1 <= np.iinfo(kind).max:
+            return ids.astype(kind)
+    return ids
+
+
 def forward(ids, E):
     """Look up ``E[ids]``.
 
@@ -70,14 +83,19 @@ def backward(dy, cache):
                          f"got {dy.dtype}")
     vocab, D = cache.E_shape
     dE = np.zeros(cache.E_shape, dtype=cache.E_dtype)  # (vocab, D)
+    if cache.ids.size == 0:
+        return dE
     # forward: y[p] = E[ids[p]]   so: dE[v] = sum of dy[p] over the positions p with ids[p] == v.
     # Sort the positions by id (stable: within an id, in position order) and sum each run of
     # equal ids in one pass (np.add.reduceat), instead of one scattered add per position
     # (np.add.at, which is about five times slower).
-    ids = cache.ids.reshape(-1)  # (P,)
-    order = np.argsort(ids, kind="stable")  # (P,)
-    sorted_ids = ids[order]  # (P,), nondecreasing
-    starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))  # (U,) first position of each id
-    if starts.size:
-        dE[sorted_ids[starts]] = np.add.reduceat(dy.reshape(-1, D)[order], starts, axis=0)
+    key = _sort_key(cache.ids.reshape(-1), vocab)  # (P,), the ids in the narrowest unsigned type
+    order = np.argsort(key, kind="stable")  # (P,)
+    sorted_ids = key[order]  # (P,), nondecreasing
+    new_run = np.empty(sorted_ids.shape, dtype=bool)  # (P,) True where a run of equal ids starts
+    new_run[0] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=new_run[1:])
+    starts = np.flatnonzero(new_run)  # (U,) first position of each id in sorted order
+    rows = np.take(dy.reshape(-1, D), order, axis=0)  # (P, D), dy's rows in sorted order
+    dE[sorted_ids[starts]] = np.add.reduceat(rows, starts, axis=0)
     return dE
