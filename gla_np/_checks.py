@@ -62,13 +62,17 @@ def check_array(name, x, *, ndim=None, min_ndim=None, dtype_float=True, finite=T
     if dtype_float:
         if x.dtype.type not in FLOAT_DTYPES:
             raise ValueError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
-        if finite and scanning_values() and not np.isfinite(x).all():
+        # (the context variable read here, not through scanning_values: one call fewer on a
+        # path every public function takes several times)
+        if finite and not _VALUES_SCANNED.get() and not np.isfinite(x).all():
             raise ValueError(f"{name}: contains nan or inf; expected finite values")
     return x
 
 
 def check_shape(name, x, expected):
     """Check ``x.shape == expected``; ``None`` in ``expected`` matches any size."""
+    if x.shape == expected:  # the common case, one comparison (a tuple with None never equals)
+        return x
     ok = len(x.shape) == len(expected) and all(
         e is None or e == s for s, e in zip(x.shape, expected)
     )
@@ -80,6 +84,16 @@ def check_shape(name, x, expected):
 
 def check_same_dtype(**arrays):
     """Check that all non-None arrays share one float dtype; return it."""
+    dtype = None
+    for a in arrays.values():  # the common case: one loop, no lists
+        if a is not None:
+            if dtype is None:
+                dtype = a.dtype
+            elif a.dtype != dtype:
+                break
+    else:
+        if dtype is not None:
+            return dtype
     named = [(n, a) for n, a in arrays.items() if a is not None]
     dtypes = {a.dtype for _, a in named}
     if len(dtypes) > 1:
@@ -94,6 +108,8 @@ def check_like(name, value, /, **like):
     ``value`` as an ndarray."""
     (like_name, ref), = like.items()
     value = check_array(name, value)
+    if value.shape == ref.shape and value.dtype == ref.dtype:  # the common case
+        return value
     check_shape(name, value, ref.shape)
     check_same_dtype(**{name: value, like_name: ref})
     return value

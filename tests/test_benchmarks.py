@@ -24,6 +24,34 @@ def test_train_step_prints_a_row_per_config_and_thread_count():
     assert 0 < low <= median
 
 
+def test_train_step_breakdown_parts_add_up():
+    """--breakdown: the means of a step's parts add up to the step's mean, each shard's waiting
+    is its wall time minus its CPU time, and no part is longer than what contains it."""
+    out = _run("train_step.py", "--configs", "small", "--threads", "2", "--repeats", "2",
+               "--breakdown")
+    assert "breakdown, small, 2 threads, 2 steps: ms per step" in out, out
+    rows = {m[1].strip(): tuple(map(float, m.group(2, 3, 4))) for m in re.finditer(
+        r"^(\S.*?|  \S.*?)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)$", out, re.M)}
+    parts = ["before the shards", "the shards beside each other",
+             "after: weighting, shard sum, logits", "clip", "AdamW"]
+    shards = ["shard 0 (32 rows) beside: wall", "shard 1 (32 rows) beside: wall"]
+    for label in ["2-thread step", *parts, *shards, "imbalance (last end - first end)",
+                  "1-thread step", "one row (fixed cost of a shard)"]:
+        assert label in rows, (label, out)
+    mean = {label: values[2] for label, values in rows.items()}
+    for label, (low, median, average) in rows.items():
+        assert low <= median and low <= average + 0.01, (label, out)
+        assert low >= -0.01, (label, out)  # waiting: wall minus CPU, zero to rounding at best
+    assert abs(sum(mean[p] for p in parts) - mean["2-thread step"]) <= 0.03, out
+    for i, label in enumerate(shards):
+        cpu, waiting = mean[f"shard {i} beside: its CPU"], mean[f"shard {i} beside: waiting "
+                                                               f"(wall - CPU)"]
+        assert abs(mean[label] - cpu - waiting) <= 0.02, out
+        assert mean[label] <= mean["the shards beside each other"] + 0.01, out
+        assert mean[f"shard {i} alone: wall"] > 0, out
+    assert mean["imbalance (last end - first end)"] <= mean["the shards beside each other"], out
+
+
 def test_forms_prints_the_chunk_form():
     out = _run("forms.py", "--T", "16", "--forms", "chunk", "--dtypes", "float64",
                "--repeats", "1", "--B", "1", "--H", "1", "--K", "4", "--V", "4")

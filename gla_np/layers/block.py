@@ -9,6 +9,8 @@ This is the block of the paper, of fla and of Edifice alike. Params: the layer's
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any, NamedTuple
 
 from gla_np.layers import ffn, gla_layer
@@ -19,6 +21,12 @@ def param_shapes(config):
     """Every parameter's name and shape: the layer's under "attn.", the FFN's under "ffn."."""
     return {**put(gla_layer.param_shapes(config), "attn."),
             **put(ffn.param_shapes(config), "ffn.")}
+
+
+@functools.lru_cache(maxsize=32)
+def _shapes(config):
+    """``param_shapes(config)`` made once per config, read-only, for forward's check."""
+    return types.MappingProxyType(param_shapes(config))
 
 
 def init_params(config, rng):
@@ -41,7 +49,7 @@ def forward(params, x, config, *, training=False, rng=None):
     ``params`` must hold every name of ``param_shapes(config)``.
     """
     x = check_input("x", x, config.hidden_size, config.dtype)
-    check_params(params, param_shapes(config), config.dtype)
+    check_params(params, _shapes(config), config.dtype)
     h, c_attn = gla_layer.forward(take(params, "attn."), x, config, training=training, rng=rng)
     out, c_ffn = ffn.forward(take(params, "ffn."), h, config, training=training, rng=rng)
     return out, BlockCache(c_attn, c_ffn)

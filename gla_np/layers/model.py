@@ -15,7 +15,9 @@ per layer (streaming inference); ``step`` and ``forward(..., return_sequence=Tru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -112,6 +114,13 @@ def param_shapes(config):
     return shapes
 
 
+@functools.lru_cache(maxsize=32)
+def _shapes(config):
+    """``param_shapes(config)`` made once per config, read-only: forward and step compare the
+    params with it on every call (building it anew cost more than the comparison itself)."""
+    return types.MappingProxyType(param_shapes(config))
+
+
 def param_count(config):
     """The exact number of scalars in ``init_params(config, rng)``."""
     return sum(math.prod(s) for s in param_shapes(config).values())
@@ -160,7 +169,8 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
     x = check_input("x", x, config.embed_dim, config.dtype)
     check_bool("training", training)
     check_bool("return_sequence", return_sequence)
-    check_params(params, param_shapes(config), config.dtype)
+    shapes = _shapes(config)
+    check_params(params, shapes, config.dtype)
     h, c_in = x, None
     if config.embed_dim != config.hidden_size:
         h, c_in = linear.forward(x, params["input_proj.W"], params["input_proj.b"])
@@ -170,8 +180,7 @@ def forward(params, x, config, *, training=False, rng=None, return_sequence=Fals
         c_blocks.append(c)
     hn, c_norm = norm_forward(take(params, "final_norm."), h, config.norm, config.norm_eps)
     y = hn if return_sequence else hn[:, -1]
-    cache = ModelCache(c_in, tuple(c_blocks), c_norm, h.shape, return_sequence,
-                       tuple(param_shapes(config)))
+    cache = ModelCache(c_in, tuple(c_blocks), c_norm, h.shape, return_sequence, tuple(shapes))
     return y, cache
 
 
@@ -217,7 +226,7 @@ def step(params, x_t, state, config):
     the same time and memory however many positions came before.
     """
     x_t = check_input("x_t", x_t, config.embed_dim, config.dtype, step=True)
-    check_params(params, param_shapes(config), config.dtype)  # once per call, not per layer
+    check_params(params, _shapes(config), config.dtype)  # once per call, not per layer
     if not isinstance(state, tuple) or len(state) != config.num_layers:
         raise ValueError(f"state: expected a tuple of {config.num_layers} layer states "
                          f"(from init_state), got {type(state).__name__}")
