@@ -127,3 +127,11 @@ def test_backward_of_no_positions_is_zero():
     _, cache = embedding.forward(np.zeros((2, 0), dtype=np.int64), np.ones((4, 3)))
     dE = embedding.backward(np.ones((2, 0, 3)), cache)
     assert dE.shape == (4, 3) and not dE.any()
+
+
+@pytest.mark.parametrize("ids", list(IDS.values()), ids=list(IDS))
+def test_forward_returns_a_copy_of_the_rows(ids):
+    E = np.random.default_rng(5).standard_normal((6, 4))
+    y, _ = embedding.forward(ids, E)
+    assert y.shape == ids.shape + (4,) and not np.shares_memory(y, E)
+    np.testing.assert_array_equal(y, E[ids])

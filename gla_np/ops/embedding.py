@@ -60,7 +60,7 @@ def forward(ids, E):
     """
     E = check_array("E", E, ndim=2)
     ids = _check_ids(ids, E.shape[0])
-    y = E[ids]  # ids.shape + (D,), fancy indexing makes a copy
+    y = np.take(E, ids, axis=0)  # ids.shape + (D,), a copy: E[ids], in NumPy's faster gather
     return y, EmbeddingCache(ids, E.shape, E.dtype)
 
 

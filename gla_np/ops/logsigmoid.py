@@ -32,13 +32,16 @@ class LogsigmoidCache(NamedTuple):
 def forward(x):
     """y = log sigma(x), elementwise; y <= 0. x: any shape, float32 or float64."""
     x = check_array("x", x)
-    zero, one = x.dtype.type(0), x.dtype.type(1)  # typed: a 0-d float32 stays float32 on 1.x
+    one = x.dtype.type(1)  # typed: a 0-d float32 stays float32 on 1.x
     x_flat = x.reshape(-1)  # 1-d (a 0-d x too), so that the steps below can work in place
     with np.errstate(under="ignore"):  # exp(-|x|) underflows to 0 for large |x|: correct
         e = np.abs(x_flat)
         np.negative(e, out=e)
         np.exp(e, out=e)  # e = exp(-|x|) in (0, 1], the one exponential of value and slope
-        y = np.minimum(x_flat, zero)
+        # min(x, 0) against an array of zeros: NumPy's minimum with a scalar operand runs a
+        # loop about three times slower than with two arrays (the same values, bitwise)
+        y = np.zeros_like(x_flat)
+        np.minimum(x_flat, y, out=y)
         y -= np.log1p(e)  # min(x, 0) - log1p(exp(-|x|))
         # the slope sigma(-x) from the same e, as stable_sigmoid(-x) forms it (bitwise):
         # 1 / (1 + e) where x <= 0 and e / (1 + e) where x > 0, the numerator as max(e, [x <= 0])
