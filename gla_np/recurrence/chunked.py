@@ -15,7 +15,10 @@ computed by halving the chunk (the paper's secondary tiling, taken further; see
 ``_chunk_tiles``) so that every exponent evaluated is <= 0: the tempting factoring q * exp(b)
 times k * exp(-b) overflows float32 inside a single chunk of 64 once the gates are strong.
 Where a block's gates are mild enough for that factoring to be safe (a bound proved on the
-page), the block is one masked matmul and is not halved further.
+page), the block is one masked matmul and is not halved further. The fast path: when a whole
+chunk is such a block (a fresh layer's chunk of 64), that matmul also has the pairs u = t on
+its diagonal for o and dv (the gate gradient keeps them apart), and the cache keeps its
+pieces for the backward (``ChunkedCache``).
 docs/derivations/recurrence/chunked.md has the full argument, and the recurrent form is the
 reference.
 
@@ -152,10 +155,10 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     states = np.empty((B, H, N + output_final_state, K, V), dtype=q.dtype)  # H_0 .. H_N or N-1
     mild = _chunk_tiles.MildChunks.empty((B, H, N), C, K, q.dtype)  # kept if every block fills it
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
-        o[blk], b[blk], states[blk], kept = _forward_block(
+        o[blk], b[blk], states[blk], whole = _forward_block(
             q[blk], k[blk], v[blk], g[blk], S0[blk], s, C, c, reads_state, output_final_state,
             None if mild is None else mild.take(blk))
-        if not kept:
+        if not whole:
             mild = None
     cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None,
                          output_final_state, reset, mild)
@@ -190,14 +193,15 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state
         for n in range(passed):
             states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
-    # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
-    o, kept = _chunk_tiles.forward_keeping(qs, k_c, v_c, b, c, keep)  # (B, H, N, C, V)
-    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), qs_t . k_t
-    o += A_self * v_c
+    # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) apart
+    o, whole = _chunk_tiles.forward_keeping(qs, k_c, v_c, b, c, keep)  # (B, H, N, C, V)
+    if not whole:  # else the one matmul per chunk had the pairs u = t on its diagonal
+        A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+        o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
         o += (qs * np.exp(b)) @ states[:, :, :N]
-    return _from_chunks(o, T), b, states, kept
+    return _from_chunks(o, T), b, states, whole
 
 
 def _chunk_writes(k_c, v_c, b, l):
@@ -328,10 +332,14 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
     # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the halving,
     #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
-    dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c, mild)
-    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+    dqs_past, dk_past, dv_past, with_self = _chunk_tiles.backward_keeping(do_c, qs, k_c, v_c,
+                                                                          b, c, mild)
     dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
-    dv = _total(dv_past, A_self * do_c, dv_state)
+    if with_self:  # the kept matmul had the pairs u = t on its diagonal: dv_past holds them
+        dv = _total(dv_past, dv_state)
+    else:
+        A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+        dv = _total(dv_past, A_self * do_c, dv_state)
     dq_gated = _total(s * dqs_past, dq_inter)  # the parts of dq that pass through a gate
     dq = dq_gated + s * dA_self * k_c
     dk = _total(dk_past, dA_self * qs, dk_state)
