@@ -82,6 +82,15 @@ def _tiles(x, size):
     return x.reshape(*x.shape[:-2], x.shape[-2] // size, size, x.shape[-1])
 
 
+def times_transposed(a, b, out=None):
+    """a @ b^T over the last two axes, through a C-order copy of b^T. The same product (with
+    OpenBLAS, bit for bit at the mild blocks' shapes), but NumPy's batched matmul with a
+    transposed second operand measured 1.5 to 1.8 times slower on float32 (64, 64) blocks than
+    with a C-order one, and the copy costs far less. The halving's pairs across halves keep
+    ``@`` (there the two orders round differently)."""
+    return np.matmul(a, np.ascontiguousarray(b.swapaxes(-1, -2)), out=out)
+
+
 def _across_halves(b_half):
     """The two factors of the pairs across the halves of every block, b_half (..., 2, size/2, K).
 
@@ -174,7 +183,7 @@ def _in_blocks(qs, k, b, size, out=None, with_self=False):
     np.exp(q_decay, out=q_decay)  # exp(b_t - b_first) in [exp(-span), 1]
     q_ref = np.multiply(_tiles(qs, size), q_decay, out=q_ref)
     k_ref = np.multiply(_tiles(k, size), k_decay, out=k_ref)
-    A = np.matmul(q_ref, k_ref.swapaxes(-1, -2), out=A)  # every entry finite: (M2) under (M3)
+    A = times_transposed(q_ref, k_ref, out=A)  # q_ref @ k_ref^T, every entry finite: (M2), (M3)
     A *= _past_mask(size, A.dtype, with_self)  # the pairs u > t (and u = t): finite times 0 is 0
     return A, q_ref, k_ref, q_decay, k_decay
 
@@ -191,7 +200,7 @@ def _mild_backward(do, v, A, q_ref, k_ref, q_decay, k_decay):
     # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
     size = A.shape[-1]
     do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
-    dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
+    dA = times_transposed(do_blocks, v_blocks)  # do v^T (..., C/size, size, size), finite: (M2)
     dA *= _past_mask(size, dA.dtype)
     return (q_decay * (dA @ k_ref), k_decay * (dA.swapaxes(-1, -2) @ q_ref),
             A.swapaxes(-1, -2) @ do_blocks)

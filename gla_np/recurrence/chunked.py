@@ -321,12 +321,12 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     if reads_state:
         # forward (1): o_t = s * H_n^T (q_t * exp b_t)
         # so:  dq_t = s * exp(b_t) * (H_n do_t)
-        dq_inter = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
+        dq_inter = s * q_decay * _chunk_tiles.times_transposed(do_c, entering)  # do H_n^T
     if writes_state:
         # forward (3): H_{n+1} = diag(exp l_n) H_n + sum_u (k_u * exp(l_n - b_u)) v_u^T
         # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
         k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
-        dk_state = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
+        dk_state = k_decay * _chunk_tiles.times_transposed(v_c, E)  # v E_n^T (B, H, N, C, K)
         dv_state = (k_c * k_decay) @ E  # (B, H, N, C, V)
 
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
