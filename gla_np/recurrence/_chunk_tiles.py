@@ -223,29 +223,39 @@ def forward(qs, k, v, b, c):
     return _forward(qs, k, v, b, c, None, False)[0]
 
 
-def forward_keeping(qs, k, v, b, c, keep=None):
+def forward_keeping(qs, k, v, b, c, keep=None, out=None):
     """``forward`` for ``chunked``: return ``(o, whole)``, whole True when the chunk is one mild
     block (its first level, C > c rows, no padding). Then its matmul also has the pairs u = t
     on its diagonal (mask u <= t), so o holds them too, and its pieces are written into
-    ``keep`` if given (a MildChunks of arrays (..., C, .)); otherwise o is the past pairs."""
-    return _forward(qs, k, v, b, c, keep, True)
+    ``keep`` if given (a MildChunks of arrays (..., C, .)); otherwise o is the past pairs.
+    ``out``: a C-contiguous array like v to write o into (then returned as o)."""
+    return _forward(qs, k, v, b, c, keep, True, out)
 
 
-def _forward(qs, k, v, b, c, keep, with_self):
+def _forward(qs, k, v, b, c, keep, with_self, out=None):
     """``forward_keeping``, the pairs u = t put on a whole chunk's diagonal ``with_self``."""
     C = qs.shape[-2]
     size = _padded_length(C, c)
     if size != C:
         (qs, k, v), b = _pad_rows([qs, k, v], b, size)
-        return forward(qs, k, v, b, c)[..., :C, :], False
-    o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
+        o = forward(qs, k, v, b, c)[..., :C, :]
+        if out is not None:
+            out[...] = o
+        return (o if out is None else out), False
     limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v)
+    if size > c and _widest_span(b, size) <= limit:
+        # the first level is mild: every pair of the chunk, one masked matmul, A v the output
+        A = _in_blocks(qs, k, b, size, keep, with_self)[0]  # (..., 1, C, C)
+        o = np.matmul(A, _tiles(v, size), out=None if out is None else _tiles(out, size))
+        return o.reshape(v.shape), True
+    if out is None:
+        o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
+    else:
+        o = out
+        o[...] = 0
     while size > c:
         if _widest_span(b, size) <= limit:
             # mild blocks: every past pair of every block of `size` rows, one masked matmul
-            if size == C:  # the first level: nothing added yet, A v is the output
-                A = _in_blocks(qs, k, b, size, keep, with_self)[0]  # (..., 1, C, C)
-                return (A @ _tiles(v, size)).reshape(v.shape), True
             A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
             _tiles(o, size)[...] += A @ _tiles(v, size)
             return o, False
