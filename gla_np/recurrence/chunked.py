@@ -287,40 +287,43 @@ def backward(do, d_final_state, cache):
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
-    d_final_state_given = d_final_state is not None
-    if d_final_state is None:
-        d_final_state = np.zeros((B, H, K, V), dtype=q.dtype)
     s = q.dtype.type(scale)
 
     # With one chunk, the state entering it is S_0 and the gradient on the state leaving it is
     # d_final_state; when those are zero, every term through them is exactly zero and skipped.
     N = b.shape[2]
     reads_state = has_initial_state or N > 1
-    writes_state = d_final_state_given or N > 1
+    writes_state = d_final_state is not None or N > 1
 
+    # whole-batch gradients, each block writing its part in place
     dq, dk, dv, dg = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(q)
-    d_initial_state = np.empty((B, H, K, V), dtype=q.dtype)
+    d_initial_state = np.empty((B, H, K, V), dtype=q.dtype) if has_initial_state else None
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
-        dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
-            do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c,
-            reads_state, writes_state, None if mild is None else mild.take(blk))
+        _backward_block(do[blk], None if d_final_state is None else d_final_state[blk], q[blk],
+                        k[blk], v[blk], b[blk], states[blk], s, C, c, reads_state, writes_state,
+                        None if mild is None else mild.take(blk),
+                        (dq[blk], dk[blk], dv[blk], dg[blk],
+                         None if d_initial_state is None else d_initial_state[blk]))
     if reset is not None:  # the floor max(g, floor) passes no gradient below it
-        dg = np.where(reset, 0, dg)
-    return dq, dk, dv, dg, d_initial_state if has_initial_state else None
+        dg[reset] = 0
+    return dq, dk, dv, dg, d_initial_state
 
 
-def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=True,
-                    writes_state=True, mild=None):
-    """The backward on one block of (batch, head) pairs: return dq, dk, dv, dg, dS_0.
+def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state, writes_state,
+                    mild, out):
+    """The backward on one block of (batch, head) pairs: write dq, dk, dv, dg and dS_0 into
+    ``out`` (the block's views of the whole-batch arrays; dS_0's is None when not wanted).
 
-    Arguments are the block's slices of the upstream gradients and of the cache (``mild`` its
-    MildChunks or None); s is the
-    scale as a NumPy scalar of the input dtype. Two flags skip terms that are exactly zero (one
-    chunk, as in the training model at T = 64): ``reads_state=False`` says every entering state
-    H_n is zero (no initial state), ``writes_state=False`` that every E_n is zero (no gradient
-    on the final state). With both False, dS_0 is returned as zeros (it is not wanted).
+    Arguments are the block's slices of the upstream gradients (d_final_state None: zero) and
+    of the cache (``mild`` its MildChunks or None); s is the scale as a NumPy scalar of the
+    input dtype. Two flags skip terms that are exactly zero (one chunk, as in the training
+    model at T = 64): ``reads_state=False`` says every entering state H_n is zero (no initial
+    state), ``writes_state=False`` that every E_n is zero (no gradient on the final state).
     """
     T = q.shape[2]
+    dq_out, dk_out, dv_out, dg_out, dS0_out = out
+    # (B, H, N, C, .) views of the outputs, or None (padding): those results are then copied
+    dq_c, dk_c, dv_c, dg_c = (_chunked_view(x, C) for x in (dq_out, dk_out, dv_out, dg_out))
 
     # recompute the chunk-local quantities of the forward
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
@@ -329,11 +332,12 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     entering = states[:, :, :b.shape[2]]  # H_n, (B, H, N, K, V); H_N is never read
 
     # the state pass in reverse: E_n, the gradient on the state leaving chunk n, and dS_0
+    E = None
     if reads_state or writes_state:
         q_decay = np.exp(b)  # (B, H, N, C, K)
         E, d_initial_state = _state_grads(qs * q_decay, do_c, l, d_final_state)
-    else:
-        E, d_initial_state = None, np.zeros_like(d_final_state)
+        if dS0_out is not None:
+            dS0_out[...] = d_initial_state
 
     dq_inter = dk_state = dv_state = None  # exactly zero when the states they pass through are
     if reads_state:
@@ -354,26 +358,37 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
                                                                           b, c, mild)
     dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
     if with_self:  # the kept matmul had the pairs u = t on its diagonal: dv_past holds them
-        dv = _total(dv_past, dv_state)
+        dv = _total(dv_past, dv_state, out=dv_c)
     else:
         A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
-        dv = _total(dv_past, A_self * do_c, dv_state)
-    dq_gated = _total(s * dqs_past, dq_inter)  # the parts of dq that pass through a gate
-    dq = dq_gated + s * dA_self * k_c
-    dk = _total(dk_past, dA_self * qs, dk_state)
+        dv = _total(dv_past, A_self * do_c, dv_state, out=dv_c)
+    # the parts of dq that pass through a gate, s dqs_past (+ dq_inter), in dqs_past's array
+    dq_gated = _total(np.multiply(dqs_past, s, out=dqs_past), dq_inter, out=dqs_past)
+    dq = np.add(dq_gated, s * dA_self * k_c, out=dq_c)
+    dk = _total(dk_past, dA_self * qs, dk_state, out=dk_c)
 
     # the log gates: every gated exponent above passes its gradient to the gates it sums
-    dg = _gate_grad(q_c * dq_gated - k_c * dk_past,
-                    k_c * dk_state if writes_state else None, l,
-                    entering if reads_state else None, E)
-    return (*[_from_chunks(x, T) for x in (dq, dk, dv, dg)], d_initial_state)
+    reads = q_c * dq_gated
+    reads -= k_c * dk_past
+    dg = _gate_grad(reads, k_c * dk_state if writes_state else None, l,
+                    entering if reads_state else None, E, out=dg_c)
+    for total, chunked, whole in ((dq, dq_c, dq_out), (dk, dk_c, dk_out), (dv, dv_c, dv_out),
+                                  (dg, dg_c, dg_out)):
+        if chunked is None:
+            whole[...] = _from_chunks(total, T)
 
 
-def _total(*terms):
+def _total(*terms, out=None):
     """The sum of the terms that are not None (those are exactly zero), without a pass over a
-    zero; a new array when two or more terms are given."""
+    zero: in ``out`` if given (which may be the first term's array), else a new array when two
+    or more terms are given."""
     present = [term for term in terms if term is not None]
-    total = present[0] + present[1] if len(present) > 1 else present[0]
+    if len(present) == 1:
+        if out is None or out is present[0]:
+            return present[0]
+        np.copyto(out, present[0])
+        return out
+    total = np.add(present[0], present[1], out=out)
     for term in present[2:]:
         total += term
     return total
@@ -384,7 +399,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
 
     E[:, :, n] is E_n, the gradient on H_{n+1}, the state leaving chunk n. q_read = s q exp(b)
     (B, H, N, C, K) are the queries that read the entering state in (1); l (B, H, N, K) the
-    chunk decays; d_final_state (B, H, K, V).
+    chunk decays; d_final_state (B, H, K, V) or None (zero).
     """
     # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
     # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
@@ -392,7 +407,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
     chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
     N = read_grad.shape[2]
     E = np.empty_like(read_grad)  # (B, H, N, K, V), E[:, :, n]: gradient on H_{n+1}
-    E[:, :, N - 1] = d_final_state
+    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
     for n in range(N - 1, 0, -1):
         E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
     d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]
@@ -409,13 +424,14 @@ def _triangles(C, dtype):
     return at_or_after, before
 
 
-def _gate_grad(reads, writes, l, entering, E):
+def _gate_grad(reads, writes, l, entering, E, out=None):
     """dg in chunks (B, H, N, C, K), from the three families of gated exponents of a chunk.
 
     reads = q * dq~ - k * dk~ (the parts of dq and dk that pass through a gate: the reads of the
     entering state and the past pairs), writes = k * dk_state (the writes into the leaving
     state), both (B, H, N, C, K); l (B, H, N, K); entering H_n and E_n (B, H, N, K, V).
-    ``writes=None`` or ``entering=None`` leave out a family that is exactly zero.
+    ``writes=None`` or ``entering=None`` leave out a family that is exactly zero. ``out``: an
+    array like reads to write dg into.
     """
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
     # (docs/derivations/recurrence/chunked.md): inside chunk n, with u < r <= t,
@@ -425,7 +441,7 @@ def _gate_grad(reads, writes, l, entering, E):
     #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
     # The sums over rows of a chunk are products with 0/1 triangular (C, C) matrices.
     at_or_after, before = _triangles(reads.shape[3], reads.dtype)
-    dg = at_or_after @ reads
+    dg = np.matmul(at_or_after, reads, out=out)
     if writes is not None:
         dg += before @ writes
     if entering is not None:
