@@ -264,3 +264,19 @@ def test_output_final_state_is_checked_by_every_form(form):
     q, k, v, g, *_ = make_inputs()
     with pytest.raises(ValueError, match="output_final_state"):
         gla_attention(q, k, v, g, form=form, output_final_state="no")
+
+
+@pytest.mark.parametrize("bad, pattern", [(np.nan, r"^g: contains nan or \+inf"),
+                                          (np.inf, r"^g: contains nan or \+inf"),
+                                          (1e-30, r"^g: expected log forget gates <= 0")],
+                         ids=["nan", "plus-inf", "tiny-positive"])
+@pytest.mark.parametrize("form", FORMS)
+def test_one_bad_gate_among_good_ones_is_found(form, bad, pattern):
+    # the gate checks take one reduction when every gate is <= 0 (-inf included); one entry
+    # that is not sends them to the passes that name the fault
+    q, k, v, g, *_ = make_inputs()
+    g[1, 0, 2, 1] = -np.inf  # allowed: a hard reset
+    gla_attention(q, k, v, g, form=form)
+    g[0, 1, 3, 2] = bad
+    with pytest.raises(ValueError, match=pattern):
+        gla_attention(q, k, v, g, form=form)

@@ -122,9 +122,9 @@ def _sizes_of_one_matmul(monkeypatch):
     """A list that records the block size of every one-matmul call of _chunk_tiles."""
     sizes, in_blocks = [], _chunk_tiles._in_blocks
 
-    def spy(qs, k, b, size, out=None):
+    def spy(qs, k, b, size, *args):
         sizes.append(size)
-        return in_blocks(qs, k, b, size, out)
+        return in_blocks(qs, k, b, size, *args)
 
     monkeypatch.setattr(_chunk_tiles, "_in_blocks", spy)
     return sizes
@@ -362,15 +362,45 @@ def test_final_state_refuses_what_is_not_a_chunked_cache():
 @pytest.mark.parametrize("do_scale", [1.0, 1e15], ids=["do-1", "do-1e15"])
 def test_backward_uses_the_kept_mild_chunks_only_where_do_leaves_room(do_scale):
     # the forward keeps each chunk's one matmul (mild gates); the backward uses it as it is,
-    # which gives the numbers of making it again. A do of 1e15 leaves (M3) no room: the
-    # backward halves the chunk instead, as it does without the kept pieces, and stays finite.
+    # which gives the numbers of making it again (dv to rounding: the kept matmul has the
+    # pairs u = t on its diagonal). A do of 1e15 leaves (M3) no room: the backward halves the
+    # chunk instead, exactly as without the kept pieces, and stays finite.
     rng = np.random.default_rng(20)
     q, k, v, _, S0 = make_inputs(rng, 2, 2, 128, 8, 8, dtype=np.float32)
     g = np.full(q.shape, -0.01, dtype=np.float32)
     do = (rng.standard_normal(v.shape) * do_scale).astype(np.float32)
     o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0)
     assert cache.mild is not None and cache.mild.A.shape == (2, 2, 2, 64, 64)
-    for got, want in zip(chunked.backward(do, S_T, cache),
-                         chunked.backward(do, S_T, cache._replace(mild=None))):
-        assert np.isfinite(got).all()
-        np.testing.assert_array_equal(got, want)
+    got = chunked.backward(do, S_T, cache)
+    want = chunked.backward(do, S_T, cache._replace(mild=None))
+    for name, x, ref in zip(["dq", "dk", "dv", "dg", "dS0"], got, want):
+        assert np.isfinite(x).all(), name
+        if name == "dv" and do_scale == 1.0:
+            assert 0 < rel_err(x, ref) < 1e-6
+        else:
+            np.testing.assert_array_equal(x, ref, err_msg=name)
+
+
+def test_a_whole_chunk_has_its_self_pairs_on_the_diagonal_of_its_matmul():
+    # a chunk that is one mild block: its matmul keeps the pairs u = t too (mask u <= t), the
+    # factors exp(b_t - b_first) exp(b_first - b_t) = 1 to rounding, so o and dv get A_self
+    # from it. dq, dk and dg keep the pairs u = t apart (dA masked to u < t): the gate
+    # gradient holds no term of them, bit for bit as when the pieces are made again.
+    rng = np.random.default_rng(21)
+    q, k, v, _, S0 = make_inputs(rng, 2, 2, 128, 8, 8)
+    g = -rng.uniform(0.0, 0.1, q.shape)
+    do, dS_T = rng.standard_normal(v.shape), rng.standard_normal(S0.shape)
+    o, S_T, cache = chunked.forward(q, k, v, g, initial_state=S0, scale=0.5)
+    A_self = 0.5 * np.einsum("bhtk,bhtk->bht", q, k).reshape(2, 2, 2, 64)
+    assert rel_err(np.diagonal(cache.mild.A, axis1=-2, axis2=-1), A_self) < 1e-15
+    *ref, ref_cache = recurrent.forward(q, k, v, g, initial_state=S0, scale=0.5)
+    assert rel_err(o, ref[0]) < 1e-14
+    got = chunked.backward(do, dS_T, cache)
+    apart = chunked.backward(do, dS_T, cache._replace(mild=None))
+    for name, x, y, r in zip(["dq", "dk", "dv", "dg", "dS0"], got, apart,
+                             recurrent.backward(do, dS_T, ref_cache)):
+        assert rel_err(x, r) < 1e-13, name
+        if name == "dv":
+            assert rel_err(x, y) < 1e-15
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)

@@ -32,9 +32,10 @@ one matmul with the pairs u >= t masked to 0. Before each level is halved, if ev
 the level spans at most ``_span_limit`` (a bound that keeps every number the matmul makes
 finite, the masked pairs included, and both factors well inside the dtype's range), the whole
 level is done so and the halving stops. A fresh layer's chunk of 64 is one matmul; strong gates
-are halved as below. When every chunk is one mild block, ``forward_keeping`` writes the pieces
-of its matmul into arrays the caller keeps (``MildChunks``) and ``backward`` uses them as they
-are instead of making them again.
+are halved as below. For ``chunked``, a chunk that is one mild block (``forward_keeping``)
+also puts its pairs u = t on the matmul's diagonal (mask u <= t; their factors multiply to 1),
+and writes the pieces of its matmul into arrays the caller keeps (``MildChunks``), which
+``backward_keeping`` uses as they are instead of making them again.
 
 Apart from those bounded exponents, every exponent evaluated is <= 0. A chunk whose length is
 not a tile size times a power of two is padded with rows after its end (gates 0, q, k, v zero)
@@ -79,6 +80,15 @@ def _halves(x, size):
 def _tiles(x, size):
     """(..., C, X) -> (..., C / size, size, X): tiles of ``size`` rows (a view)."""
     return x.reshape(*x.shape[:-2], x.shape[-2] // size, size, x.shape[-1])
+
+
+def times_transposed(a, b, out=None):
+    """a @ b^T over the last two axes, through a C-order copy of b^T. The same product (with
+    OpenBLAS, bit for bit at the mild blocks' shapes), but NumPy's batched matmul with a
+    transposed second operand measured 1.5 to 1.8 times slower on float32 (64, 64) blocks than
+    with a C-order one, and the copy costs far less. The halving's pairs across halves keep
+    ``@`` (there the two orders round differently)."""
+    return np.matmul(a, np.ascontiguousarray(b.swapaxes(-1, -2)), out=out)
 
 
 def _across_halves(b_half):
@@ -126,9 +136,10 @@ def _widest_span(b, size):
 
 
 @functools.lru_cache(maxsize=None)
-def _past_mask(size, dtype):
-    """The 0/1 (size, size) matrix [t, u] = 1 if u < t (made once, never written to)."""
-    mask = np.tril(np.ones((size, size), dtype=dtype), k=-1)
+def _past_mask(size, dtype, with_self=False):
+    """The 0/1 (size, size) matrix [t, u] = 1 if u < t, or u <= t ``with_self`` (made once,
+    never written to)."""
+    mask = np.tril(np.ones((size, size), dtype=dtype), k=0 if with_self else -1)
     mask.flags.writeable = False
     return mask
 
@@ -138,7 +149,7 @@ class MildChunks(NamedTuple):
     at size = C), made by ``forward_keeping`` into arrays the caller owns, so that ``backward``
     uses them instead of making them again (``chunked`` keeps them in its cache)."""
 
-    A: np.ndarray  # (..., C, C): (q_ref @ k_ref^T) * [u < t]
+    A: np.ndarray  # (..., C, C): (q_ref @ k_ref^T) * [u <= t], the pairs u = t included
     q_ref: np.ndarray  # (..., C, K): qs * q_decay
     k_ref: np.ndarray  # (..., C, K): k * k_decay
     q_decay: np.ndarray  # (..., C, K): exp(b_t - b_first) in [exp(-span), 1]
@@ -155,12 +166,13 @@ class MildChunks(NamedTuple):
         return MildChunks(*(x[index] for x in self))
 
 
-def _in_blocks(qs, k, b, size, out=None):
+def _in_blocks(qs, k, b, size, out=None, with_self=False):
     """Every past pair of every block of ``size`` rows as one matmul through the block's first
     row: (A, q_ref, k_ref, q_decay, k_decay), A (..., C/size, size, size) = q_ref @ k_ref^T
     times the mask u < t, q_ref = qs * exp(b - b_first) (factors <= 1), k_ref = k *
     exp(b_first - b) (factors <= exp(span)). Only for mild blocks, whose span is below
-    ``_span_limit``. ``out``: a MildChunks (size = C) to write the five arrays into."""
+    ``_span_limit``. ``out``: a MildChunks (size = C) to write the five arrays into.
+    ``with_self``: A keeps the pairs u = t too (mask u <= t), whose factors multiply to 1."""
     b_blocks = _tiles(b, size)
     A, q_ref, k_ref, q_decay, k_decay = (None,) * 5 if out is None else (
         _tiles(x, size) for x in out)
@@ -171,8 +183,8 @@ def _in_blocks(qs, k, b, size, out=None):
     np.exp(q_decay, out=q_decay)  # exp(b_t - b_first) in [exp(-span), 1]
     q_ref = np.multiply(_tiles(qs, size), q_decay, out=q_ref)
     k_ref = np.multiply(_tiles(k, size), k_decay, out=k_ref)
-    A = np.matmul(q_ref, k_ref.swapaxes(-1, -2), out=A)  # every entry finite: (M2) under (M3)
-    A *= _past_mask(size, A.dtype)  # the pairs u >= t: finite times 0 is exactly 0
+    A = times_transposed(q_ref, k_ref, out=A)  # q_ref @ k_ref^T, every entry finite: (M2), (M3)
+    A *= _past_mask(size, A.dtype, with_self)  # the pairs u > t (and u = t): finite times 0 is 0
     return A, q_ref, k_ref, q_decay, k_decay
 
 
@@ -188,7 +200,7 @@ def _mild_backward(do, v, A, q_ref, k_ref, q_decay, k_decay):
     # so: dA = (do v^T) * mask,  dv += A^T do,  dq_ref = dA k_ref,  dk_ref = dA^T q_ref
     size = A.shape[-1]
     do_blocks, v_blocks = _tiles(do, size), _tiles(v, size)
-    dA = do_blocks @ v_blocks.swapaxes(-1, -2)  # (..., C/size, size, size), finite: (M2)
+    dA = times_transposed(do_blocks, v_blocks)  # do v^T (..., C/size, size, size), finite: (M2)
     dA *= _past_mask(size, dA.dtype)
     return (q_decay * (dA @ k_ref), k_decay * (dA.swapaxes(-1, -2) @ q_ref),
             A.swapaxes(-1, -2) @ do_blocks)
@@ -208,26 +220,42 @@ def forward(qs, k, v, b, c):
 
     o_t = sum_{u < t} A[t, u] v_u with A as in the module docstring, c the largest tile.
     """
-    return forward_keeping(qs, k, v, b, c)[0]
+    return _forward(qs, k, v, b, c, None, False)[0]
 
 
-def forward_keeping(qs, k, v, b, c, keep=None):
-    """``forward``, returning ``(o, kept)``: with ``keep`` (a MildChunks of arrays (..., C, .)),
-    when the chunk is one mild block (its first level, C > c rows, no padding) the pieces of
-    its matmul are written into ``keep`` and kept is True; otherwise kept is False."""
+def forward_keeping(qs, k, v, b, c, keep=None, out=None):
+    """``forward`` for ``chunked``: return ``(o, whole)``, whole True when the chunk is one mild
+    block (its first level, C > c rows, no padding). Then its matmul also has the pairs u = t
+    on its diagonal (mask u <= t), so o holds them too, and its pieces are written into
+    ``keep`` if given (a MildChunks of arrays (..., C, .)); otherwise o is the past pairs.
+    ``out``: a C-contiguous array like v to write o into (then returned as o)."""
+    return _forward(qs, k, v, b, c, keep, True, out)
+
+
+def _forward(qs, k, v, b, c, keep, with_self, out=None):
+    """``forward_keeping``, the pairs u = t put on a whole chunk's diagonal ``with_self``."""
     C = qs.shape[-2]
     size = _padded_length(C, c)
     if size != C:
         (qs, k, v), b = _pad_rows([qs, k, v], b, size)
-        return forward(qs, k, v, b, c)[..., :C, :], False
-    o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
+        o = forward(qs, k, v, b, c)[..., :C, :]
+        if out is not None:
+            out[...] = o
+        return (o if out is None else out), False
     limit = _span_limit(qs.dtype, max(size, *qs.shape[-1:], *v.shape[-1:]), qs, k, v)
+    if size > c and _widest_span(b, size) <= limit:
+        # the first level is mild: every pair of the chunk, one masked matmul, A v the output
+        A = _in_blocks(qs, k, b, size, keep, with_self)[0]  # (..., 1, C, C)
+        o = np.matmul(A, _tiles(v, size), out=None if out is None else _tiles(out, size))
+        return o.reshape(v.shape), True
+    if out is None:
+        o = np.zeros(v.shape, dtype=v.dtype)  # C order: the views below write into it
+    else:
+        o = out
+        o[...] = 0
     while size > c:
         if _widest_span(b, size) <= limit:
             # mild blocks: every past pair of every block of `size` rows, one masked matmul
-            if size == C:  # the first level: nothing added yet, A v is the output
-                A = _in_blocks(qs, k, b, size, out=keep)[0]  # (..., 1, C, C)
-                return (A @ _tiles(v, size)).reshape(v.shape), keep is not None
             A = _in_blocks(qs, k, b, size)[0]  # (..., C/size, size, size)
             _tiles(o, size)[...] += A @ _tiles(v, size)
             return o, False
@@ -243,25 +271,38 @@ def forward_keeping(qs, k, v, b, c, keep=None):
     return o, False
 
 
-def backward(do, qs, k, v, b, c, kept=None):
+def backward(do, qs, k, v, b, c):
     """Gradients of o = forward(qs, k, v, b, c): return (dqs, dk, dv), like the inputs.
 
     do, v (..., C, V); qs, k, b (..., C, K). Every block's factors and A are rebuilt from b as
-    in ``forward`` and used at once, except that ``kept``, the MildChunks ``forward_keeping``
-    filled, is used as it is when do leaves room for it ((M3) with do's magnitude too). With
-    dA[t, u] = do_t . v_u (docs/derivations/recurrence/chunked.md, step B3):
+    in ``forward`` and used at once. With dA[t, u] = do_t . v_u
+    (docs/derivations/recurrence/chunked.md, step B3):
 
         dv_u  = sum_{t > u} A[t, u] do_t
         dqs_t = sum_{u < t} dA[t, u] exp(b_t - b_u) * k_u
         dk_u  = sum_{t > u} dA[t, u] exp(b_t - b_u) * qs_t
     """
+    return backward_keeping(do, qs, k, v, b, c)[:3]
+
+
+def backward_keeping(do, qs, k, v, b, c, kept=None):
+    """``backward`` for ``chunked``: return ``(dqs, dk, dv, with_self)``. ``kept``, the
+    MildChunks ``forward_keeping`` filled, is used as it is where do leaves room for it ((M3)
+    with do's magnitude too); its A has the pairs u = t, so dv then holds their A_self do too
+    (with_self True). dqs and dk are the past pairs' alone either way (dA masked to u < t)."""
     C = qs.shape[-2]
     size = _padded_length(C, c)
     width = max(size, *qs.shape[-1:], *v.shape[-1:])
     if kept is not None and _widest_span(b, C) <= _span_limit(qs.dtype, width, do):
         # the forward's one matmul per chunk passed (M3) for qs, k, v; do passes it too
-        return [part.reshape(x.shape)
-                for x, part in zip((qs, k, v), _mild_backward(do, v, *_tiles_of(kept, C)))]
+        parts = _mild_backward(do, v, *_tiles_of(kept, C))
+        return (*[part.reshape(x.shape) for x, part in zip((qs, k, v), parts)], True)
+    return (*_backward(do, qs, k, v, b, c, size, width), False)
+
+
+def _backward(do, qs, k, v, b, c, size, width):
+    """``backward``, every piece made here (size: the padded chunk length, width as (M2))."""
+    C = qs.shape[-2]
     if size != C:
         (do, qs, k, v), b = _pad_rows([do, qs, k, v], b, size)
         return [x[..., :C, :] for x in backward(do, qs, k, v, b, c)]

@@ -41,8 +41,10 @@ def floor_log_gates(g):
     limit of dL/dg = a * (...) as the decay a -> 0 is 0 too.
     """
     floor = g.dtype.type(LOG_GATE_FLOOR[g.dtype])
+    if g.size == 0 or g.min() > floor:  # one reduction, no mask, when no gate is that strong
+        return g, None
     reset = g <= floor
-    if not reset.any():
+    if not reset.any():  # a nan makes the minimum nan: no gate is below the floor after all
         return g, None
     return np.maximum(g, floor), reset
 
@@ -63,10 +65,17 @@ def _check_ndarray(name, x, ndim, finite=True):
     return check_array(name, x, ndim=ndim, finite=finite)
 
 
+def _gates_at_most_zero(g):
+    """True when every log gate is <= 0, so none is nan, +inf or positive: one reduction, the
+    common case. False sends the gate checks to the passes that find which fault it is."""
+    return g.size == 0 or bool(g.max() <= 0)
+
+
 def _check_g(name, g, rank):
     """The log gates: like the other arrays, but -inf (decay exactly 0) is allowed."""
     g = _check_ndarray(name, g, rank, finite=False)
-    if scanning_values() and (np.isnan(g).any() or np.isposinf(g).any()):
+    if (scanning_values() and not _gates_at_most_zero(g)
+            and (np.isnan(g).any() or np.isposinf(g).any())):
         raise ValueError(f"{name}: contains nan or +inf; expected log forget gates in "
                          f"[-inf, 0] (-inf is a hard reset, decay exactly 0)")
     return g
@@ -143,7 +152,7 @@ def _check_arguments(names, lead_letters, q, k, v, g, state, scale, layout="BHTK
         except ValueError as err:
             raise ValueError(str(err) + _layout_hint(layout, q.shape, V, state.shape)) from None
     check_same_dtype(**{q_name: q, k_name: k, v_name: v, g_name: g, state_name: state})
-    if (g > 0).any():
+    if not _gates_at_most_zero(g) and (g > 0).any():
         raise ValueError(f"{g_name}: expected log forget gates <= 0 (the log of a gate in "
                          f"(0, 1]), got a maximum of {g.max()!r}")
     scale = K ** -0.5 if scale is None else check_positive_real("scale", scale)

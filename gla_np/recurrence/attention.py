@@ -67,7 +67,8 @@ def gla_attention(q, k, v, g, *, form="chunk", scale=None, initial_state=None, c
     0); v ``(B, H, T, V)``; initial_state ``(B, H, K, V)`` or None (zeros). scale defaults to
     K ** -0.5 and multiplies q. Returns o ``(B, H, T, V)`` and the final state ``(B, H, K, V)``,
     in the input dtype; with ``output_final_state=False`` the final state is None and the forms
-    that can skip computing it do (``chunked.final_state(cache.inner)`` recomputes it). With ``layout="BTHK"`` (fla's) q, k, g are ``(B, T, H, K)`` and v, o
+    that can skip computing it do (``chunked.final_state(cache.inner)`` recomputes it). With
+    ``layout="BTHK"`` (fla's) q, k, g are ``(B, T, H, K)`` and v, o
     ``(B, T, H, V)``; the states keep ``(B, H, K, V)``.
     """
     check_choice("form", form, FORMS)

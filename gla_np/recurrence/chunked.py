@@ -15,7 +15,10 @@ computed by halving the chunk (the paper's secondary tiling, taken further; see
 ``_chunk_tiles``) so that every exponent evaluated is <= 0: the tempting factoring q * exp(b)
 times k * exp(-b) overflows float32 inside a single chunk of 64 once the gates are strong.
 Where a block's gates are mild enough for that factoring to be safe (a bound proved on the
-page), the block is one masked matmul and is not halved further.
+page), the block is one masked matmul and is not halved further. The fast path: when a whole
+chunk is such a block (a fresh layer's chunk of 64), that matmul also has the pairs u = t on
+its diagonal for o and dv (the gate gradient keeps them apart), and the cache keeps its
+pieces for the backward (``ChunkedCache``).
 docs/derivations/recurrence/chunked.md has the full argument, and the recurrent form is the
 reference.
 
@@ -74,24 +77,38 @@ def _from_chunks(x, T):
     return x.reshape(B, H, N * C, X)[:, :, :T]
 
 
-def _chunk_decays(g, C):
-    """Chunk-local inclusive cumsum b (B, H, N, C, K) and its last row l (B, H, N, K)."""
-    b = _cumsum_rows(_to_chunks(g, C))
+def _chunked_view(x, C):
+    """x (B, H, T, X) as (B, H, N, C, X) without a copy, or None when T is not N * C or x is
+    not C-contiguous: then a chunked result cannot be written into it in place."""
+    B, H, T, X = x.shape
+    if T % C or not x.flags.c_contiguous:
+        return None
+    return x.reshape(B, H, T // C, C, X)
+
+
+def _chunk_decays(g, C, out=None):
+    """Chunk-local inclusive cumsum b (B, H, N, C, K), written into ``out`` if given, and its
+    last row l (B, H, N, K)."""
+    b = _cumsum_rows(_to_chunks(g, C), out)
     return b, b[:, :, :, -1, :]
 
 
-def _cumsum_rows(x):
+def _cumsum_rows(x, out=None):
     """np.cumsum(x, axis=-2), bitwise, by adding whole rows: b_t = b_{t-1} + g_t.
 
     NumPy's cumsum along an axis other than the last runs its inner loop once per column;
     measured 4 to 5 times slower than this loop of C row additions for (..., 64, 64) float32.
-    Adding g_t <= 0 rounds to a value <= b_{t-1}, so b never increases (the tiles rely on it).
+    The rows are added in a time-major copy, where each is one contiguous run (a third faster
+    again than adding strided rows in place). Adding g_t <= 0 rounds to a value <= b_{t-1},
+    so b never increases (the tiles rely on it). ``out``: an array like x to write b into.
     """
-    b = np.empty_like(x)
-    b[..., 0, :] = x[..., 0, :]
-    for t in range(1, x.shape[-2]):
-        np.add(b[..., t - 1, :], x[..., t, :], out=b[..., t, :])
-    return b
+    time_major = np.moveaxis(x, -2, 0).copy()  # (C, ..., X), C order, never a view of x
+    for t in range(1, len(time_major)):
+        np.add(time_major[t - 1], time_major[t], out=time_major[t])
+    if out is None:
+        out = np.empty_like(x)
+    np.copyto(out, np.moveaxis(time_major, 0, -2))
+    return out
 
 
 class ChunkedCache(NamedTuple):
@@ -143,46 +160,47 @@ def forward(q, k, v, g, *, scale=None, initial_state=None, chunk_size=64, sub_ch
     N = -(-T // C)
     s = q.dtype.type(scale)  # a NumPy scalar of the input dtype: float32 stays float32
     g, reset = floor_log_gates(g)  # exact, and b below cannot overflow (module docstring)
-    S0 = np.zeros((B, H, K, V), dtype=q.dtype) if initial_state is None else initial_state
+    S0 = initial_state  # None: zeros
 
     reads_state = initial_state is not None or N > 1  # else every H_n is zero: (1) is zero
 
+    # whole-batch results, each block writing its part in place
     o = np.empty_like(v)  # (B, H, T, V)
     b = np.empty((B, H, N, C, K), dtype=q.dtype)
     states = np.empty((B, H, N + output_final_state, K, V), dtype=q.dtype)  # H_0 .. H_N or N-1
     mild = _chunk_tiles.MildChunks.empty((B, H, N), C, K, q.dtype)  # kept if every block fills it
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
-        o[blk], b[blk], states[blk], kept = _forward_block(
-            q[blk], k[blk], v[blk], g[blk], S0[blk], s, C, c, reads_state, output_final_state,
-            None if mild is None else mild.take(blk))
-        if not kept:
+        whole = _forward_block(q[blk], k[blk], v[blk], g[blk], None if S0 is None else S0[blk],
+                               s, C, c, reads_state, output_final_state,
+                               None if mild is None else mild.take(blk),
+                               (o[blk], b[blk], states[blk]))
+        if not whole:
             mild = None
     cache = ChunkedCache(q, k, v, b, states, scale, C, c, initial_state is not None,
                          output_final_state, reset, mild)
     return o, states[:, :, N].copy() if output_final_state else None, cache
 
 
-def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state=True,
-                   keep=None):
-    """The forward on one block of (batch, head) pairs: return o, b, the states H_0 .. H_N and
-    whether each chunk was one mild block whose pieces were written into ``keep``.
+def _forward_block(q, k, v, g, S0, s, C, c, reads_state, output_final_state, keep, out):
+    """The forward on one block of (batch, head) pairs: write o, b and the states H_0 .. H_N
+    into ``out`` (the block's views of the whole-batch arrays) and return whether each chunk
+    was one mild block (whose pieces are then written into ``keep``, if given).
 
-    Arguments are the block's slices of the inputs (S0 zeros when there is no initial state);
+    Arguments are the block's slices of the inputs (S0 None when there is no initial state);
     s is the scale as a NumPy scalar of the input dtype. ``reads_state=False`` says that every
     entering state H_n is zero (one chunk and no initial state), so the reads (1) are skipped:
     exactly zero, and the training model's whole sequence (T = 64) is one chunk.
     ``output_final_state=False`` stops the states at H_{N-1}: the last chunk's write is skipped.
     """
-    B, H, T, K = q.shape
-    V = v.shape[3]
+    o_out, b, states = out  # (B, H, T, V), (B, H, N, C, K), (B, H, N + 1 or N, K, V)
+    T = q.shape[2]
     qs, k_c, v_c = s * _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C)
-    b, l = _chunk_decays(g, C)
+    b, l = _chunk_decays(g, C, out=b)
 
     # (3) state passing: what chunk n writes, decayed to its end, then a loop over chunks
     N = b.shape[2]
     passed = N if output_final_state else N - 1  # the chunks whose leaving state is kept
-    states = np.empty((B, H, passed + 1, K, V), dtype=q.dtype)
-    states[:, :, 0] = S0
+    states[:, :, 0] = 0 if S0 is None else S0
     if passed:
         writes = _chunk_writes(k_c[:, :, :passed], v_c[:, :, :passed], b[:, :, :passed],
                                l[:, :, :passed])  # (B, H, passed, K, V)
@@ -190,14 +208,18 @@ def _forward_block(q, k, v, g, S0, s, C, c, reads_state=True, output_final_state
         for n in range(passed):
             states[:, :, n + 1] = chunk_decay[:, :, n] * states[:, :, n] + writes[:, :, n]
 
-    # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) directly
-    o, kept = _chunk_tiles.forward_keeping(qs, k_c, v_c, b, c, keep)  # (B, H, N, C, V)
-    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1), qs_t . k_t
-    o += A_self * v_c
+    # (2) intra-chunk: past pairs u < t by halving the chunk, the pair u = t (no gate) apart
+    o_view = _chunked_view(o_out, C)  # (B, H, N, C, V) or None (padding): o is then copied
+    o, whole = _chunk_tiles.forward_keeping(qs, k_c, v_c, b, c, keep, out=o_view)
+    if not whole:  # else the one matmul per chunk had the pairs u = t on its diagonal
+        A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+        o += A_self * v_c
     if reads_state:
         # (1) inter-chunk: read the entering state with decayed queries (exponents <= 0)
         o += (qs * np.exp(b)) @ states[:, :, :N]
-    return _from_chunks(o, T), b, states, kept
+    if o_view is None:
+        o_out[...] = _from_chunks(o, T)
+    return whole
 
 
 def _chunk_writes(k_c, v_c, b, l):
@@ -265,40 +287,43 @@ def backward(do, d_final_state, cache):
     B, H, T, K = q.shape
     V = v.shape[3]
     do, d_final_state = check_gla_upstream(do, d_final_state, B, H, T, K, V, q.dtype)
-    d_final_state_given = d_final_state is not None
-    if d_final_state is None:
-        d_final_state = np.zeros((B, H, K, V), dtype=q.dtype)
     s = q.dtype.type(scale)
 
     # With one chunk, the state entering it is S_0 and the gradient on the state leaving it is
     # d_final_state; when those are zero, every term through them is exactly zero and skipped.
     N = b.shape[2]
     reads_state = has_initial_state or N > 1
-    writes_state = d_final_state_given or N > 1
+    writes_state = d_final_state is not None or N > 1
 
+    # whole-batch gradients, each block writing its part in place
     dq, dk, dv, dg = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(q)
-    d_initial_state = np.empty((B, H, K, V), dtype=q.dtype)
+    d_initial_state = np.empty((B, H, K, V), dtype=q.dtype) if has_initial_state else None
     for blk in _blocks(B, H, T * max(K, V)):  # a cache measure only: see BLOCK_ENTRIES
-        dq[blk], dk[blk], dv[blk], dg[blk], d_initial_state[blk] = _backward_block(
-            do[blk], d_final_state[blk], q[blk], k[blk], v[blk], b[blk], states[blk], s, C, c,
-            reads_state, writes_state, None if mild is None else mild.take(blk))
+        _backward_block(do[blk], None if d_final_state is None else d_final_state[blk], q[blk],
+                        k[blk], v[blk], b[blk], states[blk], s, C, c, reads_state, writes_state,
+                        None if mild is None else mild.take(blk),
+                        (dq[blk], dk[blk], dv[blk], dg[blk],
+                         None if d_initial_state is None else d_initial_state[blk]))
     if reset is not None:  # the floor max(g, floor) passes no gradient below it
-        dg = np.where(reset, 0, dg)
-    return dq, dk, dv, dg, d_initial_state if has_initial_state else None
+        dg[reset] = 0
+    return dq, dk, dv, dg, d_initial_state
 
 
-def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=True,
-                    writes_state=True, mild=None):
-    """The backward on one block of (batch, head) pairs: return dq, dk, dv, dg, dS_0.
+def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state, writes_state,
+                    mild, out):
+    """The backward on one block of (batch, head) pairs: write dq, dk, dv, dg and dS_0 into
+    ``out`` (the block's views of the whole-batch arrays; dS_0's is None when not wanted).
 
-    Arguments are the block's slices of the upstream gradients and of the cache (``mild`` its
-    MildChunks or None); s is the
-    scale as a NumPy scalar of the input dtype. Two flags skip terms that are exactly zero (one
-    chunk, as in the training model at T = 64): ``reads_state=False`` says every entering state
-    H_n is zero (no initial state), ``writes_state=False`` that every E_n is zero (no gradient
-    on the final state). With both False, dS_0 is returned as zeros (it is not wanted).
+    Arguments are the block's slices of the upstream gradients (d_final_state None: zero) and
+    of the cache (``mild`` its MildChunks or None); s is the scale as a NumPy scalar of the
+    input dtype. Two flags skip terms that are exactly zero (one chunk, as in the training
+    model at T = 64): ``reads_state=False`` says every entering state H_n is zero (no initial
+    state), ``writes_state=False`` that every E_n is zero (no gradient on the final state).
     """
     T = q.shape[2]
+    dq_out, dk_out, dv_out, dg_out, dS0_out = out
+    # (B, H, N, C, .) views of the outputs, or None (padding): those results are then copied
+    dq_c, dk_c, dv_c, dg_c = (_chunked_view(x, C) for x in (dq_out, dk_out, dv_out, dg_out))
 
     # recompute the chunk-local quantities of the forward
     q_c, k_c, v_c, do_c = _to_chunks(q, C), _to_chunks(k, C), _to_chunks(v, C), _to_chunks(do, C)
@@ -307,47 +332,63 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state=
     entering = states[:, :, :b.shape[2]]  # H_n, (B, H, N, K, V); H_N is never read
 
     # the state pass in reverse: E_n, the gradient on the state leaving chunk n, and dS_0
+    E = None
     if reads_state or writes_state:
         q_decay = np.exp(b)  # (B, H, N, C, K)
         E, d_initial_state = _state_grads(qs * q_decay, do_c, l, d_final_state)
-    else:
-        E, d_initial_state = None, np.zeros_like(d_final_state)
+        if dS0_out is not None:
+            dS0_out[...] = d_initial_state
 
     dq_inter = dk_state = dv_state = None  # exactly zero when the states they pass through are
     if reads_state:
         # forward (1): o_t = s * H_n^T (q_t * exp b_t)
         # so:  dq_t = s * exp(b_t) * (H_n do_t)
-        dq_inter = s * q_decay * (do_c @ entering.swapaxes(-1, -2))  # (B, H, N, C, K)
+        dq_inter = s * q_decay * _chunk_tiles.times_transposed(do_c, entering)  # do H_n^T
     if writes_state:
         # forward (3): H_{n+1} = diag(exp l_n) H_n + sum_u (k_u * exp(l_n - b_u)) v_u^T
         # so:  dk_u = exp(l_n - b_u) * (E_n v_u),  dv_u = (k_u * exp(l_n - b_u))^T E_n
         k_decay = np.exp(l[:, :, :, None, :] - b)  # (B, H, N, C, K)
-        dk_state = k_decay * (v_c @ E.swapaxes(-1, -2))  # (B, H, N, C, K)
+        dk_state = k_decay * _chunk_tiles.times_transposed(v_c, E)  # v E_n^T (B, H, N, C, K)
         dv_state = (k_c * k_decay) @ E  # (B, H, N, C, V)
 
     # forward (2): o_t += sum_{u < t} A[t, u] v_u + A_self[t] v_t,  A_self[t] = s q_t . k_t
     # so:  dA = do v^T,  dv += A^T do + A_self do,  past pairs through the halving,
     #      dq_t += s dA[t, t] k_t,  dk_t += s dA[t, t] q_t
-    dqs_past, dk_past, dv_past = _chunk_tiles.backward(do_c, qs, k_c, v_c, b, c, mild)
-    A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+    dqs_past, dk_past, dv_past, with_self = _chunk_tiles.backward_keeping(do_c, qs, k_c, v_c,
+                                                                          b, c, mild)
     dA_self = np.einsum("...tv,...tv->...t", do_c, v_c)[..., None]  # (B, H, N, C, 1)
-    dv = _total(dv_past, A_self * do_c, dv_state)
-    dq_gated = _total(s * dqs_past, dq_inter)  # the parts of dq that pass through a gate
-    dq = dq_gated + s * dA_self * k_c
-    dk = _total(dk_past, dA_self * qs, dk_state)
+    if with_self:  # the kept matmul had the pairs u = t on its diagonal: dv_past holds them
+        dv = _total(dv_past, dv_state, out=dv_c)
+    else:
+        A_self = np.einsum("...tk,...tk->...t", qs, k_c)[..., None]  # (B, H, N, C, 1)
+        dv = _total(dv_past, A_self * do_c, dv_state, out=dv_c)
+    # the parts of dq that pass through a gate, s dqs_past (+ dq_inter), in dqs_past's array
+    dq_gated = _total(np.multiply(dqs_past, s, out=dqs_past), dq_inter, out=dqs_past)
+    dq = np.add(dq_gated, s * dA_self * k_c, out=dq_c)
+    dk = _total(dk_past, dA_self * qs, dk_state, out=dk_c)
 
     # the log gates: every gated exponent above passes its gradient to the gates it sums
-    dg = _gate_grad(q_c * dq_gated - k_c * dk_past,
-                    k_c * dk_state if writes_state else None, l,
-                    entering if reads_state else None, E)
-    return (*[_from_chunks(x, T) for x in (dq, dk, dv, dg)], d_initial_state)
+    reads = q_c * dq_gated
+    reads -= k_c * dk_past
+    dg = _gate_grad(reads, k_c * dk_state if writes_state else None, l,
+                    entering if reads_state else None, E, out=dg_c)
+    for total, chunked, whole in ((dq, dq_c, dq_out), (dk, dk_c, dk_out), (dv, dv_c, dv_out),
+                                  (dg, dg_c, dg_out)):
+        if chunked is None:
+            whole[...] = _from_chunks(total, T)
 
 
-def _total(*terms):
+def _total(*terms, out=None):
     """The sum of the terms that are not None (those are exactly zero), without a pass over a
-    zero; a new array when two or more terms are given."""
+    zero: in ``out`` if given (which may be the first term's array), else a new array when two
+    or more terms are given."""
     present = [term for term in terms if term is not None]
-    total = present[0] + present[1] if len(present) > 1 else present[0]
+    if len(present) == 1:
+        if out is None or out is present[0]:
+            return present[0]
+        np.copyto(out, present[0])
+        return out
+    total = np.add(present[0], present[1], out=out)
     for term in present[2:]:
         total += term
     return total
@@ -358,7 +399,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
 
     E[:, :, n] is E_n, the gradient on H_{n+1}, the state leaving chunk n. q_read = s q exp(b)
     (B, H, N, C, K) are the queries that read the entering state in (1); l (B, H, N, K) the
-    chunk decays; d_final_state (B, H, K, V).
+    chunk decays; d_final_state (B, H, K, V) or None (zero).
     """
     # forward (1) and (3): o_t = s H_n^T (q_t exp b_t),  H_{n+1} = diag(exp l_n) H_n + ...
     # so:  dH_n = diag(exp l_n) E_n + s * sum_t (q_t exp b_t) do_t^T, a reverse loop over chunks
@@ -366,7 +407,7 @@ def _state_grads(q_read, do_c, l, d_final_state):
     chunk_decay = np.exp(l)[..., None]  # (B, H, N, K, 1)
     N = read_grad.shape[2]
     E = np.empty_like(read_grad)  # (B, H, N, K, V), E[:, :, n]: gradient on H_{n+1}
-    E[:, :, N - 1] = d_final_state
+    E[:, :, N - 1] = 0 if d_final_state is None else d_final_state
     for n in range(N - 1, 0, -1):
         E[:, :, n - 1] = chunk_decay[:, :, n] * E[:, :, n] + read_grad[:, :, n]
     d_initial_state = chunk_decay[:, :, 0] * E[:, :, 0] + read_grad[:, :, 0]
@@ -383,13 +424,14 @@ def _triangles(C, dtype):
     return at_or_after, before
 
 
-def _gate_grad(reads, writes, l, entering, E):
+def _gate_grad(reads, writes, l, entering, E, out=None):
     """dg in chunks (B, H, N, C, K), from the three families of gated exponents of a chunk.
 
     reads = q * dq~ - k * dk~ (the parts of dq and dk that pass through a gate: the reads of the
     entering state and the past pairs), writes = k * dk_state (the writes into the leaving
     state), both (B, H, N, C, K); l (B, H, N, K); entering H_n and E_n (B, H, N, K, V).
-    ``writes=None`` or ``entering=None`` leave out a family that is exactly zero.
+    ``writes=None`` or ``entering=None`` leave out a family that is exactly zero. ``out``: an
+    array like reads to write dg into.
     """
     # dg: each log gate g_r gets the gradient of every exponent whose window of gates holds it
     # (docs/derivations/recurrence/chunked.md): inside chunk n, with u < r <= t,
@@ -399,7 +441,7 @@ def _gate_grad(reads, writes, l, entering, E):
     #   the entering state carried through the whole chunk: exp(l_n) * rowsum(H_n * E_n).
     # The sums over rows of a chunk are products with 0/1 triangular (C, C) matrices.
     at_or_after, before = _triangles(reads.shape[3], reads.dtype)
-    dg = at_or_after @ reads
+    dg = np.matmul(at_or_after, reads, out=out)
     if writes is not None:
         dg += before @ writes
     if entering is not None:
