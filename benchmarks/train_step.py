@@ -33,8 +33,8 @@ spent in NumPy (a ufunc, a matmul, ``np.where``) counts for the gla_np function 
       clip        clip_by_global_norm (serial)
       AdamW       the optimizer's update (serial)
     per shard     its wall time beside the others, its own CPU time (the thread's), the
-                  difference (waiting: for the GIL, or for a core), and the shard run alone
-                  (the same rows, the same thread count of BLAS, nothing beside it)
+                  difference (waiting: for the GIL, or for a core), and the wall and CPU
+                  time of the shard run alone (the same rows, nothing beside it)
     imbalance     last shard's end minus the first one's
     1 thread      the step on one thread, timed alternating with the others
     one row       a step of the model on one row (``lm.loss_and_grads``): the fixed cost of
@@ -269,12 +269,13 @@ def breakdown_rows(name, threads, repeats):
                 add("  after: weighting, shard sum, logits", t1 - last)
                 add("  clip", t2 - t1)
                 add("  AdamW", t3 - t2)
-                for i, ((_, s, e, cpu), (wall_alone, _)) in enumerate(zip(spans, single)):
+                for i, ((_, s, e, cpu), (wall_alone, cpu_alone)) in enumerate(zip(spans, single)):
                     rows_i = bounds[i][1] - bounds[i][0]
                     add(f"shard {i} ({rows_i} rows) beside: wall", e - s)
                     add(f"shard {i} beside: its CPU", cpu)
                     add(f"shard {i} beside: waiting (wall - CPU)", e - s - cpu)
                     add(f"shard {i} alone: wall", wall_alone)
+                    add(f"shard {i} alone: its CPU", cpu_alone)
                 add("imbalance (last end - first end)", last - min(e for _, _, e, _ in spans))
                 add("1-thread step", one)
                 add("one row (fixed cost of a shard)", row[0])

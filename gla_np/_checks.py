@@ -71,15 +71,17 @@ def check_array(name, x, *, ndim=None, min_ndim=None, dtype_float=True, finite=T
 
 def check_shape(name, x, expected):
     """Check ``x.shape == expected``; ``None`` in ``expected`` matches any size."""
-    if x.shape == expected:  # the common case, one comparison (a tuple with None never equals)
+    shape = x.shape
+    if shape == expected:  # the common case, one comparison (a tuple with None never equals)
         return x
-    ok = len(x.shape) == len(expected) and all(
-        e is None or e == s for s, e in zip(x.shape, expected)
-    )
-    if not ok:
-        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
-        raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
-    return x
+    if len(shape) == len(expected):
+        for s, e in zip(shape, expected):  # a plain loop: cheaper than all() over a generator
+            if e is not None and e != s:
+                break
+        else:
+            return x
+    want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+    raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
 
 
 def check_same_dtype(**arrays):

@@ -109,6 +109,28 @@ def test_bad_input():
         data_parallel.loss_and_grads(params, ids, targets[:, 1:], config, threads=2)
 
 
+@pytest.mark.parametrize("row", [0, 4], ids=["first-shard", "last-shard"])
+def test_a_failing_shard_raises_its_error_after_every_shard_ended(row, monkeypatch):
+    """The first shard runs in the calling thread, the others in the pool: an error in
+    either reaches the caller, and only once every shard has returned."""
+    config = _config()
+    params, ids, targets = _problem(config)
+    ids[row, 0] = 99  # outside the vocabulary of 9
+    running, real = [], lm.loss_and_grads
+
+    def counted(*args, **kwargs):
+        running.append(1)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(data_parallel.lm, "loss_and_grads", counted)
+    with pytest.raises(ValueError, match=r"ids: expected values in \[0, 9\)"):
+        data_parallel.loss_and_grads(params, ids, targets, config, threads=3)
+    assert running == []
+
+
 def test_blas_runs_one_thread_during_the_shards_and_is_restored():
     config = _config()
     params, ids, targets = _problem(config)
