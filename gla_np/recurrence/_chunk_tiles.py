@@ -146,8 +146,9 @@ def _past_mask(size, dtype, with_self=False):
 
 class MildChunks(NamedTuple):
     """The pieces of the one masked matmul of chunks that are each one mild block (``_in_blocks``
-    at size = C), made by ``forward_keeping`` into arrays the caller owns, so that ``backward``
-    uses them instead of making them again (``chunked`` keeps them in its cache)."""
+    at size = C), made by ``forward_keeping`` into arrays the caller owns, so that
+    ``backward_keeping`` uses them instead of making them again (``chunked`` keeps them in its
+    cache)."""
 
     A: np.ndarray  # (..., C, C): (q_ref @ k_ref^T) * [u <= t], the pairs u = t included
     q_ref: np.ndarray  # (..., C, K): qs * q_decay

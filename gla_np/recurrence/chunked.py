@@ -119,8 +119,8 @@ class ChunkedCache(NamedTuple):
     a chunk (the decays, the intra-chunk scores, the states at every step never exist): cheap
     batched work in exchange for memory. b replaces g: backward needs only b. One exception:
     when every chunk is one mild block (a fresh layer's gates), ``mild`` keeps that block's
-    matmul pieces, the scores A and the factors, O(T (4 K + C)) more per head (about twice
-    the inputs' size at C = K = V), so that backward does not make them again.
+    matmul pieces, the scores A and the factors, T (4 K + C) more numbers per head (5 T K at
+    C = K, where q, k, v and b are 4 T K), so that backward does not make them again.
     """
 
     q: np.ndarray  # (B, H, T, K)
@@ -372,9 +372,9 @@ def _backward_block(do, d_final_state, q, k, v, b, states, s, C, c, reads_state,
     reads -= k_c * dk_past
     dg = _gate_grad(reads, k_c * dk_state if writes_state else None, l,
                     entering if reads_state else None, E, out=dg_c)
-    for total, chunked, whole in ((dq, dq_c, dq_out), (dk, dk_c, dk_out), (dv, dv_c, dv_out),
-                                  (dg, dg_c, dg_out)):
-        if chunked is None:
+    for total, in_place, whole in ((dq, dq_c, dq_out), (dk, dk_c, dk_out), (dv, dv_c, dv_out),
+                                   (dg, dg_c, dg_out)):
+        if in_place is None:  # padding: the result was made apart, copy its rows 0 .. T-1
             whole[...] = _from_chunks(total, T)
 
 
