@@ -205,6 +205,27 @@ def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_signal_while_the_folder_is_locked_leaves_nothing_behind(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Regression: a signal that arrived while the output folder's lock was being taken stopped
+    the command there, leaving the lock file and the folder it had made."""
+    from gla_np import _files
+
+    real = _files.holder_line
+
+    def holder_line_under_fire():  # called with the lock held, just before it is returned
+        signal.raise_signal(signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(_files, "holder_line", holder_line_under_fire)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--out", str(tmp_path / "run")])
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
+                                       "before training started; nothing was written\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_burst_spread_over_the_exit_still_exits_with_the_signals_status(tmp_path):
     # signals a few ms apart keep arriving while the command exits; Python's shutdown restores
     # the default handlers, so one of them used to kill the process (status -2 or -15)

@@ -644,9 +644,11 @@ def given_options(argv):
     return {name for name, value in vars(probe.parse_args(argv)).items() if value is not _UNSET}
 
 
-def prepare(args, given):
+def prepare(args, given, guard=contextlib.nullcontext):
     """Everything checked before training: returns ``(run, out, session, lock)`` or raises
-    ValueError, leaving nothing on disk.
+    ValueError, leaving nothing on disk. The lock is taken inside the context manager
+    ``guard()`` (main's holds its signals back there, so that a signal cannot leave the lock
+    file and the folders made for it behind).
 
     Cheapest first: the options by arithmetic (sizes, memory) before anything is built; then
     the lock of the output folder (``_files.lock_folder``, which makes the folder), so that what is
@@ -673,8 +675,10 @@ def prepare(args, given):
         out = args.out if "out" in given else (os.path.dirname(args.resume) or os.curdir)
     if not out:
         raise ValueError("--out: expected a folder name, got ''")
-    lock = _files.lock_folder(out)
+    lock = None
     try:
+        with guard():
+            lock = _files.lock_folder(out)
         if args.resume is not None:
             run = _check_resume(args, given, session)
         existing = os.path.join(out, CHECKPOINT)
@@ -696,7 +700,8 @@ def prepare(args, given):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(out, name))
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     return run, out, session, lock
 
@@ -758,7 +763,7 @@ def main(argv=None):
         try:
             try:
                 stops.at_once = True  # until the checks are done: nothing to save yet
-                run, out, session, lock = prepare(args, given_options(argv))
+                run, out, session, lock = prepare(args, given_options(argv), stops.held)
                 stops.at_once = False
                 held.append(lock)
                 if lock.previous:
