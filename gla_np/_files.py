@@ -83,29 +83,32 @@ def write_atomic(path, write):
     ``write(f)`` fills a binary file object: a temporary file beside ``path``, created with the
     mode an ordinary new file gets (0o666 less the umask, so the checkpoint and the CSV of a run
     match). It is flushed and fsync'ed, then renamed over ``path`` (``os.replace``, atomic on
-    POSIX and Windows), and the folder is fsync'ed where supported. If ``write`` raises, the
-    temporary file is removed and ``path`` is left as it was. Leftovers of earlier killed
-    writes of ``path`` are removed first.
+    POSIX and Windows), and the folder is fsync'ed where supported. If anything raises on the
+    way, ``write`` or a signal's handler (KeyboardInterrupt, the training command's stop) at
+    any point from the file's creation to the rename, the temporary file is removed and
+    ``path`` is left as it was. Leftovers of earlier killed writes of ``path`` are removed first.
     """
     path = os.fspath(path)
     _remove_leftovers(path)
-    while True:
-        tmp = _temp_name(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                         0o666)
-            break
-        except FileExistsError:  # a name drawn twice: draw again
-            continue
-    try:
+    tmp = None
+    try:  # from before the temporary file exists, so that it never outlives an exception
+        while True:
+            tmp = _temp_name(path)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_BINARY", 0), 0o666)
+                break
+            except FileExistsError:  # a name drawn twice (not ours to remove): draw again
+                tmp = None
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # (gone already if the rename happened)
+                os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable, where supported
         dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)

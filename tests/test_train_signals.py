@@ -4,10 +4,12 @@ subprocess tests wait for a progress line, the in-process ones raise the signal 
 step (the handler that ``main`` installs only sets a flag, so pytest itself is never hit)."""
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -203,9 +205,98 @@ def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_signal_while_the_folder_is_locked_leaves_nothing_behind(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Regression: a signal that arrived while the output folder's lock was being taken stopped
+    the command there, leaving the lock file and the folder it had made."""
+    from gla_np import _files
+
+    real = _files.holder_line
+
+    def holder_line_under_fire():  # called with the lock held, just before it is returned
+        signal.raise_signal(signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(_files, "holder_line", holder_line_under_fire)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--out", str(tmp_path / "run")])
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
+                                       "before training started; nothing was written\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_burst_spread_over_the_exit_still_exits_with_the_signals_status(tmp_path):
     # signals a few ms apart keep arriving while the command exits; Python's shutdown restores
     # the default handlers, so one of them used to kill the process (status -2 or -15)
     returncode, err = _signal_burst(tmp_path, 40, gap=0.002)
     assert returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), (returncode, err)
     assert "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_a_second_signal_as_a_zip_member_opens_still_stops_with_its_status(tmp_path, monkeypatch,
+                                                                           capsys):
+    """Regression: a second signal that arrived just as ``np.savez`` opened a member of the
+    checkpoint's zip file left the member open; closing the zip then raised a ValueError in its
+    place, and the command exited with status 2 ("Exception ignored in ZipFile.__del__")."""
+    _signal_at(monkeypatch, 2)  # the first signal: the run stops after step 3 and saves it
+    real_open = zipfile.ZipFile.open
+
+    def open_under_fire(self, name, mode="r", *args, **kwargs):
+        member = real_open(self, name, mode, *args, **kwargs)
+        if mode == "w":
+            signal.raise_signal(signal.SIGTERM)  # its handler runs here, before the `with`
+        return member
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", open_under_fire)
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--steps", "6", "--out", str(tmp_path)])
+    assert exc.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped at once by a second SIGTERM" in err, err
+    assert os.listdir(tmp_path) == []  # the save abandoned, its temporary file removed
+
+
+def test_a_second_signal_anywhere_in_a_save_leaves_whole_files_and_no_other(tmp_path):
+    """The second signal delivered at each point of a save (the CSV, then the checkpoint) in
+    turn, one save per point: at every function entry and after every call into the operating
+    system (``os.open``, ``os.replace``, ...), which is where Python runs a signal's handler.
+    The save either finishes or stops with _StopNow (no other error: a zip file half-closed
+    raised a ValueError), and the folder holds a whole checkpoint and CSV and nothing else."""
+    history = [[1, "train", 1.0, 0.5, 0.1, 1.0, 100.0, 1.0]]
+    run = {"task": "mqar", "steps": 4}
+
+    def save_with_a_signal_at(point):
+        seen = 0
+
+        def deliver(frame, event, arg):
+            nonlocal seen
+            if event == "call" or (event == "c_return"
+                                   and getattr(arg, "__module__", None) in ("posix", "nt")):
+                if seen == point:
+                    signal.raise_signal(signal.SIGTERM)
+                seen += 1
+
+        with train._stop_signals() as stops:
+            signal.raise_signal(signal.SIGINT)  # the first: only a flag
+            folder = train.RunFolder(str(tmp_path), run, {}, stops.held)
+            sys.setprofile(deliver)
+            try:
+                folder.save({"w": np.ones(3)}, {}, 2, history, 1.0)
+                stopped = False
+            except train._StopNow:
+                stopped = True
+            finally:
+                sys.setprofile(None)
+        assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "metrics.csv"], point
+        assert checkpoint.load(tmp_path / "checkpoint.npz", arrays=False).step == 2, point
+        return stopped, seen
+
+    save_with_a_signal_at(-1)  # the first save makes the files (and imports what it uses)
+    _, points = save_with_a_signal_at(-1)
+    assert points > 100, points
+    gc.disable()  # no finalizer of a collected object runs (and swallows the signal) by chance
+    try:
+        assert all(save_with_a_signal_at(point)[0] for point in range(points))
+    finally:
+        gc.enable()

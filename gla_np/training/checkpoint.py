@@ -28,6 +28,7 @@ file's size (overlapping members would be read twice). A hostile file can theref
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -84,11 +85,16 @@ def _write_arrays(file, arrays):
     np.savez(file, **arrays)
 
 
-def save(path, *, config, params, opt_state=None, step=0, extra=None):
+def save(path, *, config, params, opt_state=None, step=0, extra=None,
+         guard=contextlib.nullcontext):
     """Write a checkpoint to ``path`` atomically (see the module docstring for the layout).
 
     config: dict or dataclass (stored as JSON).  params, opt_state: dicts of arrays.
     step: training steps taken.  extra: JSON-serialisable dict.
+    guard: a context manager the arrays are written in. The training command's holds back
+        its signals there (a signal's exception raised inside ``np.savez`` could leave the zip
+        file half-open, so that closing it raised another error in its place); the signal is
+        acted on as the guard ends, and its exception then abandons the save.
     """
     path = os.fspath(path)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
@@ -108,7 +114,12 @@ def save(path, *, config, params, opt_state=None, step=0, extra=None):
         **_pack_arrays("param", params),
         **_pack_arrays("opt", opt_state or {}),
     }
-    write_atomic(path, lambda f: _write_arrays(f, arrays))
+
+    def write(f):
+        with guard():
+            _write_arrays(f, arrays)
+
+    write_atomic(path, write)
 
 
 def _members(path, f):

@@ -205,10 +205,14 @@ class RunStopped(Exception):
 
 
 class RunFolder:
-    """The files of a run in ``out``; remembers the last checkpoint that holds good state."""
+    """The files of a run in ``out``; remembers the last checkpoint that holds good state.
 
-    def __init__(self, out, run, session):
-        self.run, self.session = run, session
+    ``guard`` is the context manager each file is written in (``_Stops.held`` in the command:
+    a signal waits until the file is written, then abandons the save; see ``_Stops``).
+    """
+
+    def __init__(self, out, run, session, guard=contextlib.nullcontext):
+        self.run, self.session, self.guard = run, session, guard
         self.checkpoint = os.path.join(out, CHECKPOINT)
         self.metrics = os.path.join(out, METRICS)
         self.good = None  # (path, step) of the last checkpoint written or resumed from
@@ -222,8 +226,13 @@ class RunFolder:
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(CSV_FIELDS)
         writer.writerows(history)
+
+        def write(f):
+            with self.guard():
+                f.write(text.getvalue().encode())
+
         try:
-            checkpoint.write_atomic(self.metrics, lambda f: f.write(text.getvalue().encode()))
+            checkpoint.write_atomic(self.metrics, write)
         except OSError as err:
             raise RunStopped(f"could not write {self.metrics} at step {step} "
                              f"({err.strerror or err}); {self.kept()}") from None
@@ -236,7 +245,8 @@ class RunFolder:
             checkpoint.save(self.checkpoint, config=self.run, params=params,
                             opt_state=opt_state, step=step,
                             extra={"history": history, "elapsed_sec": elapsed,
-                                   **self.session, **text.stored(self.run)})
+                                   **self.session, **text.stored(self.run)},
+                            guard=self.guard)
         except OSError as err:
             raise RunStopped(f"could not save {self.checkpoint} at step {step} "
                              f"({err.strerror or err}); {self.kept()}") from None
@@ -389,8 +399,10 @@ def train(run, *, out, resume=None, stop_after=None, log_every=25, save_every=25
     opt = optim.AdamW(weight_decay=run["weight_decay"])
     params = lm.init_params(config, run["vocab_size"], _rng(run, STREAM_INIT, 0))
     opt_state = opt.init(params)
+    # main's should_stop holds its signals back while a file's contents are written
+    guard = should_stop.held if isinstance(should_stop, _Stops) else contextlib.nullcontext
     folder = RunFolder(out, run, {"log_every": log_every, "save_every": save_every,
-                                  "threads": threads})
+                                  "threads": threads}, guard)
     start, history, elapsed_before = 0, [], 0.0
     if resume is not None:
         params, opt_state, start, history, elapsed_before = _load_resume(
@@ -546,10 +558,17 @@ class _Stops:
     (the loop stops at the next step); the second raises _StopNow, once. After ``silence()``
     (the command is reporting its outcome and exiting) signals change nothing, so a burst of
     signals can never raise inside the report or the cleanup.
+
+    Inside ``held()`` (a file's contents being written: ``RunFolder``) the second signal waits
+    and raises as the block ends, which abandons the save. Raised where it arrives, inside
+    ``np.savez``, it could leave the zip file with a member open, and closing the zip would
+    raise a ValueError in its place: the command would exit with status 2, reporting an error
+    about a zip file, instead of with the signal's status.
     """
 
     def __init__(self):
         self.received, self.raised, self.silent = None, False, False
+        self.holding, self.pending = 0, None  # the depth of held(); the signal that waits
         # before training starts (the checks, reading a text or a checkpoint) there is nothing
         # to save, so the first signal stops at once: a read that blocks (a device file such
         # as /proc/kmsg looks like a regular file) must not make the command deaf to SIGTERM
@@ -564,9 +583,25 @@ class _Stops:
     def handler(self, signum, frame):
         if self.received is None and not self.at_once:
             self.received = signum
-        elif not (self.raised or self.silent):
+        elif self.raised or self.silent:
+            pass
+        elif self.holding:
+            self.pending = self.pending or signum
+        else:
             self.raised = True
             raise _StopNow(signum)
+
+    @contextlib.contextmanager
+    def held(self):
+        """The second signal waits while the block runs and raises _StopNow as it ends."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not (self.holding or self.pending is None or self.raised or self.silent):
+            self.raised = True
+            raise _StopNow(self.pending)
 
 
 @contextlib.contextmanager
@@ -609,9 +644,11 @@ def given_options(argv):
     return {name for name, value in vars(probe.parse_args(argv)).items() if value is not _UNSET}
 
 
-def prepare(args, given):
+def prepare(args, given, guard=contextlib.nullcontext):
     """Everything checked before training: returns ``(run, out, session, lock)`` or raises
-    ValueError, leaving nothing on disk.
+    ValueError, leaving nothing on disk. The lock is taken inside the context manager
+    ``guard()`` (main's holds its signals back there, so that a signal cannot leave the lock
+    file and the folders made for it behind).
 
     Cheapest first: the options by arithmetic (sizes, memory) before anything is built; then
     the lock of the output folder (``_files.lock_folder``, which makes the folder), so that what is
@@ -638,8 +675,10 @@ def prepare(args, given):
         out = args.out if "out" in given else (os.path.dirname(args.resume) or os.curdir)
     if not out:
         raise ValueError("--out: expected a folder name, got ''")
-    lock = _files.lock_folder(out)
+    lock = None
     try:
+        with guard():
+            lock = _files.lock_folder(out)
         if args.resume is not None:
             run = _check_resume(args, given, session)
         existing = os.path.join(out, CHECKPOINT)
@@ -661,7 +700,8 @@ def prepare(args, given):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(out, name))
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     return run, out, session, lock
 
@@ -723,7 +763,7 @@ def main(argv=None):
         try:
             try:
                 stops.at_once = True  # until the checks are done: nothing to save yet
-                run, out, session, lock = prepare(args, given_options(argv))
+                run, out, session, lock = prepare(args, given_options(argv), stops.held)
                 stops.at_once = False
                 held.append(lock)
                 if lock.previous:
@@ -744,7 +784,7 @@ def main(argv=None):
                                              f"{signal.Signals(signum).name}"
                                              + (" before training started; nothing was written"
                                                 if stops.at_once else "; checkpoints on disk "
-                                                "are as they were"))
+                                                "are whole"))
         finally:
             for lock in held:
                 lock.release()
