@@ -188,10 +188,17 @@ def forward(params, x, config, *, training=False, rng=None):
     # fla's kernels take (B, T, H, K); our core is head-major (B, H, T, K): swap T and H.
     heads = [a.transpose(0, 2, 1, 3) for a in (q, k, v, g)]
     chunking = {"chunk_size": config.chunk_size} if config.form == "chunk" else {}
+    # (5) with no final state: nothing here reads S_T, so the core does not compute it
     o, _, c_core = gla_attention(*heads, form=config.form, output_final_state=False, **chunking)
     y, c_out = _out_forward(params, o.transpose(0, 2, 1, 3), xn, output_norm_eps(config))
-    yd, c_drop = dropout.forward(y, config.dropout, rng, training)
-    return x + yd, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
+    # (11): dropout is not called where it is the identity (no copy: y is our own array)
+    if dropout.is_identity(config.dropout, training):
+        yd, c_drop = y, dropout.identity_cache(y, config.dropout)
+    else:
+        yd, c_drop = dropout.forward(y, config.dropout, rng, training)
+    out = yd
+    out += x  # out = x + dropout(y), into yd: an array made here (y, or dropout's new output)
+    return out, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
 
 
 def backward(dout, cache):
@@ -209,8 +216,9 @@ def backward(dout, cache):
     """
     c = cache
     dout = check_upstream("dout", dout, c.drop.x_shape, c.drop.x_dtype)
-    # forward: out = x + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last)
-    dy = dropout.backward(dout, c.drop)
+    # forward: out = x + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last);
+    # dy = dout itself where dropout is the identity (read only below)
+    dy = dout if c.drop.keep is None else dropout.backward(dout, c.drop)
     do_tok, dxn_out_gate, grads = _out_backward(dy, c.out)
     # forward: o = core(q, k, v, g) on (B, H, T, .)   so: core'(do), no gradient on S_T
     dq, dk, dv, dg, _ = gla_attention_backward(do_tok.transpose(0, 2, 1, 3), None, c.core)
