@@ -149,8 +149,10 @@ def _out_backward(dy, c):
     """Gradients of ``_out_forward``: do_tok (B, T, H, V), the output gate's dxn, param grads."""
     # forward: y = u W_o   so: du = dy W_o^T,  dW_o = u^T dy
     du, dW_o, _ = linear.backward(dy, c.o_proj)
-    # forward: u = on * sr   so: don = du * sr,  dsr = du * on
-    don, dsr = du * c.sr, du * c.on
+    # forward: u = on * sr   so: don = du * sr,  dsr = du * on (don into du, our own array)
+    dsr = du * c.on
+    don = du
+    don *= c.sr
     # forward: sr = swish(r),  r = xn W_r   so: dr = swish'(r) dsr,  dxn_out_gate = dr W_r^T
     dr = swish.backward(dsr, c.r_act)
     dxn_out_gate, dW_r, _ = linear.backward(dr, c.r_proj)
@@ -227,10 +229,15 @@ def backward(dout, cache):
     dxn_gate, g_grads = gate.backward(dg, c.gate)
     # forward: q, k, v = xn W_q, xn W_k, xn W_v (each through SiLU(conv) if on)   so: three dxn
     (dxn_q, dxn_k, dxn_v), qkv_grads = _qkv_backward(dq, dk, dv, c.qkv)
-    dxn = dxn_q + dxn_k + dxn_v + dxn_gate + dxn_out_gate  # xn fed five projections
+    # xn fed five projections: dxn = dxn_q + dxn_k + dxn_v + dxn_gate + dxn_out_gate, summed
+    # in that order into dxn_q (linear's new array)
+    dxn = dxn_q
+    for term in (dxn_k, dxn_v, dxn_gate, dxn_out_gate):
+        dxn += term
     # forward: xn = Norm(x)   so: dx_norm = Norm'(dxn)
     dx_norm, n_grads = norm_backward(dxn, c.norm)
-    dx = dout + dx_norm  # x fed the residual and the norm
+    dx = dx_norm
+    dx += dout  # x fed the residual and the norm: dx = dout + dx_norm, in the norm's new array
     grads.update(qkv_grads)
     grads.update(put(g_grads, "gate."))
     grads.update(put(n_grads, "norm."))
