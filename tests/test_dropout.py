@@ -119,3 +119,16 @@ def test_dy_of_another_dtype_is_refused_not_cast(training, x_dtype, dy_dtype):
                f"got {np.dtype(dy_dtype)}")
     with pytest.raises(ValueError, match=re.escape(message)):
         dropout.backward(np.ones(y.shape, dtype=dy_dtype), cache)
+
+
+@pytest.mark.parametrize("rate, training, identity",
+                         [(0.5, False, True), (0.0, True, True), (0.0, False, True),
+                          (0.5, True, False)], ids=["eval", "rate0-train", "rate0-eval", "train"])
+def test_is_identity_and_its_cache_are_what_forward_does(rate, training, identity):
+    # the layers skip forward where is_identity says so and keep identity_cache instead
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    assert dropout.is_identity(rate, training) is identity
+    _, cache = dropout.forward(x, rate, np.random.default_rng(1), training=training)
+    assert (cache.keep is None) is identity
+    if identity:
+        assert dropout.identity_cache(x, rate) == cache

@@ -160,3 +160,28 @@ def test_param_shapes_match_init():
         config = _config(**kw)
         params = gla_layer.init_params(config, np.random.default_rng(0))
         assert {n: p.shape for n, p in params.items()} == gla_layer.param_shapes(config)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5], ids=["rate0", "rate0.5"])
+def test_in_place_sums_write_into_no_input_and_no_cached_array(rate):
+    # forward adds x into its own output array, backward sums into arrays it made: neither may
+    # write into x, dout, the params or anything the cache holds
+    config = _config(dropout=rate)
+    rng = np.random.default_rng(8)
+    params = _params(config, rng)
+    x, dout = rng.standard_normal((2, 2, 5, config.hidden_size))
+    x_before, dout_before = x.copy(), dout.copy()
+    params_before = {n: p.copy() for n, p in params.items()}
+    out, cache = gla_layer.forward(params, x, config, training=True, rng=np.random.default_rng(9))
+    out_before = out.copy()
+    dx, grads = gla_layer.backward(dout, cache)
+    dx_again, grads_again = gla_layer.backward(dout, cache)  # the cache is still the forward's
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(dout, dout_before)
+    np.testing.assert_array_equal(out, out_before)
+    for n, p in params.items():
+        np.testing.assert_array_equal(p, params_before[n])
+    np.testing.assert_array_equal(dx, dx_again)
+    for n in grads:
+        np.testing.assert_array_equal(grads[n], grads_again[n])
+    assert not np.shares_memory(dx, dout) and not np.shares_memory(out, x)

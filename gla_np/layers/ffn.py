@@ -74,9 +74,13 @@ def forward(params, z, config, *, training=False, rng=None):
     sh, c_act = swish.forward(h)
     u, c_up = linear.forward(zn, params["W_up"])  # (B, T, F)
     y, c_down = linear.forward(sh * u, params["W_down"])  # (B, T, D)
-    yd, c_drop = dropout.forward(y, config.dropout, rng, training)
-    # dropout returns a new array in every case (a copy when it is the identity), so the
-    # residual is added into it: out = dropout(y) + z, the same sum as z + dropout(y)
+    # (6): dropout is not called where it is the identity (no copy: y is our own array)
+    if dropout.is_identity(config.dropout, training):
+        yd, c_drop = y, dropout.identity_cache(y, config.dropout)
+    else:
+        yd, c_drop = dropout.forward(y, config.dropout, rng, training)
+    # yd is an array made here (y, or dropout's new output), so the residual is added into it:
+    # out = dropout(y) + z, the same sum as z + dropout(y)
     yd += z
     return yd, FFNCache(c_norm, c_gate, c_act, c_up, sh, u, c_down, c_drop)
 
@@ -93,8 +97,9 @@ def backward(dout, cache):
     """
     c = cache
     dout = check_upstream("dout", dout, c.drop.x_shape, c.drop.x_dtype)
-    # forward: out = z + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last)
-    dy = dropout.backward(dout, c.drop)
+    # forward: out = z + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last);
+    # dy = dout itself where dropout is the identity (read only below)
+    dy = dout if c.drop.keep is None else dropout.backward(dout, c.drop)
     # forward: y = m W_down   so: dm = dy W_down^T,  dW_down = m^T dy
     dm, dW_down, _ = linear.backward(dy, c.down_proj)
     # forward: m = sh * u   so: du = dm * sh,  dsh = dm * u (into dm, this function's own array)

@@ -89,7 +89,8 @@ def forward(params, x, *, kind, num_heads, head_dim, normalizer):
         xr, down = linear.forward(x, params["W1"])  # (..., R)
         z, up = linear.forward(xr, params["W2"], params["b2"])  # (..., H*K)
         ls, act = logsigmoid.forward(z)
-        g = (ls / normalizer).reshape(lead + (H, K))
+        ls /= normalizer  # g = logsigmoid(z) / tau, in logsigmoid's new array (not its cache)
+        g = ls.reshape(lead + (H, K))
     elif kind == "scalar":
         z, up = linear.forward(x, params["W"], params["b"])  # (..., H)
         ls, act = logsigmoid.forward(z)

@@ -149,8 +149,10 @@ def _out_backward(dy, c):
     """Gradients of ``_out_forward``: do_tok (B, T, H, V), the output gate's dxn, param grads."""
     # forward: y = u W_o   so: du = dy W_o^T,  dW_o = u^T dy
     du, dW_o, _ = linear.backward(dy, c.o_proj)
-    # forward: u = on * sr   so: don = du * sr,  dsr = du * on
-    don, dsr = du * c.sr, du * c.on
+    # forward: u = on * sr   so: don = du * sr,  dsr = du * on (don into du, our own array)
+    dsr = du * c.on
+    don = du
+    don *= c.sr
     # forward: sr = swish(r),  r = xn W_r   so: dr = swish'(r) dsr,  dxn_out_gate = dr W_r^T
     dr = swish.backward(dsr, c.r_act)
     dxn_out_gate, dW_r, _ = linear.backward(dr, c.r_proj)
@@ -188,10 +190,17 @@ def forward(params, x, config, *, training=False, rng=None):
     # fla's kernels take (B, T, H, K); our core is head-major (B, H, T, K): swap T and H.
     heads = [a.transpose(0, 2, 1, 3) for a in (q, k, v, g)]
     chunking = {"chunk_size": config.chunk_size} if config.form == "chunk" else {}
+    # (5) with no final state: nothing here reads S_T, so the core does not compute it
     o, _, c_core = gla_attention(*heads, form=config.form, output_final_state=False, **chunking)
     y, c_out = _out_forward(params, o.transpose(0, 2, 1, 3), xn, output_norm_eps(config))
-    yd, c_drop = dropout.forward(y, config.dropout, rng, training)
-    return x + yd, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
+    # (11): dropout is not called where it is the identity (no copy: y is our own array)
+    if dropout.is_identity(config.dropout, training):
+        yd, c_drop = y, dropout.identity_cache(y, config.dropout)
+    else:
+        yd, c_drop = dropout.forward(y, config.dropout, rng, training)
+    out = yd
+    out += x  # out = x + dropout(y), into yd: an array made here (y, or dropout's new output)
+    return out, GLALayerCache(c_norm, c_qkv, c_gate, c_core, c_out, c_drop)
 
 
 def backward(dout, cache):
@@ -209,8 +218,9 @@ def backward(dout, cache):
     """
     c = cache
     dout = check_upstream("dout", dout, c.drop.x_shape, c.drop.x_dtype)
-    # forward: out = x + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last)
-    dy = dropout.backward(dout, c.drop)
+    # forward: out = x + dropout(y)   so: dy = dropout'(dout) (the residual's dout comes last);
+    # dy = dout itself where dropout is the identity (read only below)
+    dy = dout if c.drop.keep is None else dropout.backward(dout, c.drop)
     do_tok, dxn_out_gate, grads = _out_backward(dy, c.out)
     # forward: o = core(q, k, v, g) on (B, H, T, .)   so: core'(do), no gradient on S_T
     dq, dk, dv, dg, _ = gla_attention_backward(do_tok.transpose(0, 2, 1, 3), None, c.core)
@@ -219,10 +229,15 @@ def backward(dout, cache):
     dxn_gate, g_grads = gate.backward(dg, c.gate)
     # forward: q, k, v = xn W_q, xn W_k, xn W_v (each through SiLU(conv) if on)   so: three dxn
     (dxn_q, dxn_k, dxn_v), qkv_grads = _qkv_backward(dq, dk, dv, c.qkv)
-    dxn = dxn_q + dxn_k + dxn_v + dxn_gate + dxn_out_gate  # xn fed five projections
+    # xn fed five projections: dxn = dxn_q + dxn_k + dxn_v + dxn_gate + dxn_out_gate, summed
+    # in that order into dxn_q (linear's new array)
+    dxn = dxn_q
+    for term in (dxn_k, dxn_v, dxn_gate, dxn_out_gate):
+        dxn += term
     # forward: xn = Norm(x)   so: dx_norm = Norm'(dxn)
     dx_norm, n_grads = norm_backward(dxn, c.norm)
-    dx = dout + dx_norm  # x fed the residual and the norm
+    dx = dx_norm
+    dx += dout  # x fed the residual and the norm: dx = dout + dx_norm, in the norm's new array
     grads.update(qkv_grads)
     grads.update(put(g_grads, "gate."))
     grads.update(put(n_grads, "norm."))

@@ -69,14 +69,16 @@ def forward(logits, targets, ignore_index=-100):
     safe = np.where(counted, targets, 0)  # (...) an index that is valid everywhere
 
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (..., vocab), every entry <= 0
+    shifted_t = np.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]  # (...)
     # Entries far below the row maximum underflow to 0 (or to a subnormal), the correctly
     # rounded answer: silence that one flag (as sigmoid does) around exp and the division, so
     # that even np.errstate(all="raise") stays quiet.
     with np.errstate(under="ignore"):
-        probs = np.exp(shifted)  # (..., vocab), in [0, 1], the row maximum gives exactly 1
+        # (..., vocab), in [0, 1], the row maximum gives exactly 1: exp in place, into shifted
+        # (an array made here, read above for shifted_t and not again)
+        probs = np.exp(shifted, out=shifted)
         sums = probs.sum(axis=-1, keepdims=True)  # (..., 1), in [1, vocab]
         probs /= sums  # (..., vocab): exp(shifted) / sums, normalised in place
-    shifted_t = np.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]  # (...)
     # nll = logsumexp(z) - z_t = (m + log sums) - (m + shifted_t): the max m cancels
     nll = np.log(sums[..., 0]) - shifted_t  # (...), >= 0
     nll = np.where(counted, nll, 0)  # (...), zero at ignored positions

@@ -34,6 +34,21 @@ class DropoutCache(NamedTuple):
     x_dtype: np.dtype  # x.dtype, the dtype of dx
 
 
+def is_identity(rate, training):
+    """Whether ``forward`` is the identity: not training, or ``rate == 0`` (no mask drawn).
+
+    A caller whose input is an array it made itself may then skip ``forward`` (and its copy):
+    it keeps ``identity_cache(x, rate)`` and takes the upstream gradient itself as ``dx``, read
+    only, instead of calling ``backward``.
+    """
+    return not training or rate == 0.0
+
+
+def identity_cache(x, rate):
+    """The cache of ``forward`` where it is the identity: no mask, x's shape and dtype."""
+    return DropoutCache(None, rate, x.shape, x.dtype)
+
+
 def forward(x, rate, rng=None, training=True):
     """Apply inverted dropout to ``x`` (any shape, float32 or float64).
 
@@ -45,8 +60,8 @@ def forward(x, rate, rng=None, training=True):
     """
     x = check_array("x", x)
     rate = check_rate("rate", rate)
-    if not training or rate == 0.0:
-        return x.copy(), DropoutCache(None, rate, x.shape, x.dtype)
+    if is_identity(rate, training):
+        return x.copy(), identity_cache(x, rate)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected an np.random.Generator when training with rate > 0, "
                          f"got {type(rng).__name__}")

@@ -73,5 +73,6 @@ def backward(dy, cache):
     # so:      dW[i, j] = sum_n x_n[i] dy_n[j]
     dW = x_rows.T @ dy_rows  # (D_in, D_out)
     # forward: b is added to every row n   so: db = sum_n dy_n
-    db = dy_rows.sum(axis=0) if has_bias else None
+    # (einsum's sum over rows: the same sum as dy_rows.sum(axis=0), bitwise, in a faster loop)
+    db = np.einsum("nd->d", dy_rows) if has_bias else None
     return dx, dW, db

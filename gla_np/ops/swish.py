@@ -17,10 +17,11 @@ from gla_np.ops.sigmoid import stable_sigmoid
 
 
 class SwishCache(NamedTuple):
-    """Stores the input and its sigmoid; backward recomputes nothing expensive."""
+    """Stores the output and the sigmoid; backward recomputes nothing expensive (and needs no x:
+    its slope is written with y = x s)."""
 
-    x: np.ndarray  # any shape: the input
-    s: np.ndarray  # same shape as x: sigma(x)
+    y: np.ndarray  # any shape: the output x * sigma(x)
+    s: np.ndarray  # same shape as y: sigma(x)
 
 
 def forward(x):
@@ -29,28 +30,27 @@ def forward(x):
     s = stable_sigmoid(x)
     with np.errstate(under="ignore"):  # x * s may round to a subnormal or 0: that is right
         y = x * s
-    return y, SwishCache(x, s)
+    return y, SwishCache(y, s)
 
 
 def backward(dy, cache):
     """Gradient of swish, elementwise. Derivation: docs/derivations/ops/swish.md
 
-        dx = dy * s * (1 + x * (1 - s))          s = sigma(x)
+        dx = dy * (s + y * (1 - s))          s = sigma(x),  y = x * s
 
     ``dy`` None means zero. Returns dx alone (the forward has one array input).
     """
-    x, s = cache
+    y, s = cache
     if dy is None:
-        return np.zeros_like(x)
-    dy = check_like("dy", dy, x=x)
+        return np.zeros_like(y)
+    dy = check_like("dy", dy, x=y)
 
     # forward: y = x * s,  s = sigma(x),  ds/dx = s * (1 - s)
-    # so:      dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
-    one = x.dtype.type(1)  # a typed 1 keeps a 0-d float32 float32 under NumPy 1.x too
+    # so:      dy/dx = s + x * s * (1 - s) = s + y * (1 - s)
+    one = y.dtype.type(1)  # a typed 1 keeps a 0-d float32 float32 under NumPy 1.x too
     with np.errstate(under="ignore"):
-        dx = one - s  # then in place, factor by factor: one array instead of five
-        dx *= x  # x (1 - s)
-        dx += one  # 1 + x (1 - s)
-        dx *= s
+        dx = one - s  # then in place, term by term: one array instead of four
+        dx *= y  # y (1 - s)
+        dx += s  # s + y (1 - s)
         dx *= dy
     return dx
