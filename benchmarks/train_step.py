@@ -37,8 +37,9 @@ spent in NumPy (a ufunc, a matmul, ``np.where``) counts for the gla_np function 
                   time of the shard run alone (the same rows, nothing beside it)
     imbalance     last shard's end minus the first one's
     1 thread      the step on one thread, timed alternating with the others
-    one row       a step of the model on one row (``lm.loss_and_grads``): the fixed cost of
-                  a shard, mostly Python holding the GIL
+    one row       a step of the model on one row (``lm.loss_and_grads``), and on two; a
+                  shard's fixed cost, mostly Python holding the GIL, is about the step on one
+                  row less the cost of that row, estimated as 2 x (one row) - (two rows)
 
 Each row gives the min, the median and the mean over ``--repeats`` steps: the means of the
 parts add up to the mean of the step. The shards are timed by wrapping ``lm.loss_and_grads``
@@ -257,7 +258,7 @@ def breakdown_rows(name, threads, repeats):
                 one_thread()
                 one = time.perf_counter() - one
                 single = [alone(slice(start, stop)) for start, stop in bounds]
-                row = alone(slice(0, 1))
+                row, rows_2 = alone(slice(0, 1)), alone(slice(0, 2))
                 if warm_up:
                     continue
                 t0, t1, t2, t3 = marks
@@ -278,7 +279,9 @@ def breakdown_rows(name, threads, repeats):
                     add(f"shard {i} alone: its CPU", cpu_alone)
                 add("imbalance (last end - first end)", last - min(e for _, _, e, _ in spans))
                 add("1-thread step", one)
-                add("one row (fixed cost of a shard)", row[0])
+                add("one row", row[0])
+                add("two rows", rows_2[0])
+                add("fixed cost of a shard: 2 x one - two", 2 * row[0] - rows_2[0])
     finally:
         data_parallel.lm = lm
     return rows

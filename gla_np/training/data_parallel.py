@@ -34,7 +34,11 @@ The process around the threads (``PROCESS_ENV``, which ``python -m gla_np.train`
 benchmarks/train_step.py set by starting themselves again; a library user sets it in the shell):
 the BLAS thread variables as above, and glibc's malloc keeping freed memory for the next step
 instead of handing each large temporary back to the kernel and faulting it in again (without
-this, system time was a quarter of the step). Both are read only when the process starts.
+this, system time was a quarter of the step). The trim threshold keeps the main thread's heap.
+A shard's thread allocates from heaps of its own (glibc's arenas, at most 64 MiB each), and
+glibc gives such a heap back as soon as all of it is free unless the top pad is as large as a
+heap, so the pad is set to 64 MiB (without it, each shard thread of the large benchmark config
+faulted about 6,800 pages back in per step). All are read only when the process starts.
 docs/performance.md has the measurements.
 """
 
@@ -57,6 +61,7 @@ PROCESS_ENV = {
     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # arrays up to 32 MiB from the heap ...
     "MALLOC_TRIM_THRESHOLD_": str(2 ** 30),  # ... which is not shrunk below 1 GiB of free top
+    "MALLOC_TOP_PAD_": str(64 * 2 ** 20),  # ... nor a shard thread's heaps (64 MiB at most)
 }
 
 _POOLS = {}
