@@ -41,7 +41,7 @@ heap, so the pad is set to 64 MiB (without it, each shard thread of the large be
 faulted about 6,800 pages back in per step). And glibc's malloc asks the kernel for huge
 pages (2 MiB) under its heaps (the tunable ``glibc.malloc.hugetlb=1``, where transparent huge
 pages are on or on request, as on most Linux systems), fewer and larger pages to map a step's
-arrays (measured: the small benchmark step about 8 % faster at two threads). Setting
+arrays (measured: the small benchmark step about 5 % faster at one and two threads). Setting
 ``GLIBC_TUNABLES`` replaces other tunables set there; a glibc older than 2.35 ignores it. All
 are read only when the process starts. docs/performance.md has the measurements.
 """
