@@ -1,5 +1,10 @@
 """Data parallel steps: N threads give the one-thread loss and gradients, to rounding."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -151,3 +156,36 @@ def test_blas_runs_one_thread_during_the_shards_and_is_restored():
     if before is not None:  # OpenBLAS found (it is, for NumPy's own wheels on Linux)
         assert seen == [1, 1]
         assert data_parallel.blas_threads(before) == before
+
+
+def test_process_env_asks_for_huge_pages_through_glibc_tunables_only():
+    tunables = dict(item.split("=", 1)
+                    for item in data_parallel.PROCESS_ENV["GLIBC_TUNABLES"].split(":"))
+    # the malloc settings stay in their MALLOC_* variables; the tunable adds the huge pages
+    assert tunables == {"glibc.malloc.hugetlb": "1"}
+
+
+def _transparent_huge_pages():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read()
+    except OSError:
+        return False
+    libc, version = platform.libc_ver()
+    return ("[never]" not in mode and libc == "glibc"
+            and tuple(map(int, version.split(".")[:2])) >= (2, 35))
+
+
+@pytest.mark.skipif(not _transparent_huge_pages(),
+                    reason="needs Linux transparent huge pages and glibc >= 2.35")
+def test_process_env_puts_mallocs_heap_on_huge_pages():
+    # 64 KiB arrays (far below the size from which NumPy asks for huge pages itself), 32 MiB in
+    # all, from malloc's heap
+    code = ("import numpy as np\n"
+            "keep = [np.ones(8192) for _ in range(512)]\n"
+            "print(next(line.split()[1] for line in open('/proc/self/smaps_rollup')\n"
+            "           if line.startswith('AnonHugePages')))\n")
+    env = {**os.environ, **data_parallel.PROCESS_ENV}
+    huge_kib = int(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                  capture_output=True, text=True).stdout)
+    assert huge_kib > 0
