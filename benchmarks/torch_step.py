@@ -51,8 +51,8 @@ Timing: for each config and thread count (``torch.set_num_threads``; one inter-o
 and median ms per step over ``--repeats`` steps after two warm-up steps, tokens per second at the
 median, and the median CPU time of the process per step, in train_step.py's table. Like
 train_step.py, the script starts itself again with glibc's malloc keeping freed memory (the
-``MALLOC_*`` entries of ``data_parallel.PROCESS_ENV``; not its BLAS thread variables, as torch
-sets its own threads): torch's CPU allocator takes every tensor from malloc too, and without
+``MALLOC_*`` entries of ``data_parallel.PROCESS_ENV`` and its ``GLIBC_TUNABLES``, the heaps on
+huge pages; not its BLAS thread variables, as torch sets its own threads): torch's CPU allocator takes every tensor from malloc too, and without
 this a step of ``small`` spent about a quarter of its time faulting fresh pages in (measured:
 45 ms instead of 35 ms at one thread). ``--raw`` times the process as started instead.
 """
@@ -80,7 +80,8 @@ from gla_np.layers.model import GLAConfig  # noqa: E402
 from train_step import CONFIGS, VOCAB, cpu_model, make_step, time_steps  # noqa: E402  (this folder)
 
 LR, MAX_NORM, WEIGHT_DECAY = 1e-3, 1.0, 0.1
-MALLOC_ENV = {n: v for n, v in data_parallel.PROCESS_ENV.items() if n.startswith("MALLOC_")}
+MALLOC_ENV = {n: v for n, v in data_parallel.PROCESS_ENV.items()  # malloc's settings
+              if n.startswith("MALLOC_") or n == "GLIBC_TUNABLES"}
 CHECK_BATCH = 4  # sequences per config in --check, to keep it quick
 CHECK_TOLERANCE = 1e-8
 FORMS = ("naive", "stable")  # of the chunk form's intra-chunk part
