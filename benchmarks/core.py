@@ -75,10 +75,9 @@ def main(argv=None):
     parser.add_argument("--H", type=int, default=SHAPE["H"])
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    env = data_parallel.PROCESS_ENV
-    if any(os.environ.get(n) != v for n, v in env.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **env})
+    env = data_parallel.process_environment(os.environ)
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     shape = {**SHAPE, "T": args.T, "B": args.B, "H": args.H}
     for line in machine_summary():
         print(line)

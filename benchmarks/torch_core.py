@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from core import CHUNK, GATES, SHAPE, make_inputs, time_calls  # noqa: E402  (this folder)
-from gla_np import chunked  # noqa: E402
+from gla_np import chunked, data_parallel  # noqa: E402
 from torch_step import FORMS, MALLOC_ENV, chunk_gla, machine_summary, relative_error  # noqa: E402
 
 
@@ -69,9 +69,9 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="compare with gla_np in float64 instead of timing")
     args = parser.parse_args(argv)
-    if any(os.environ.get(n) != v for n, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **MALLOC_ENV})
+    env = data_parallel.process_environment(os.environ, MALLOC_ENV)
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     torch.set_num_interop_threads(1)
     if args.check:
         worst = max(check(args.form, gates) for gates in args.gates)

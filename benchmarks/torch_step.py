@@ -368,10 +368,10 @@ def main(argv=None):
                         help="do not restart with the malloc settings of "
                              "data_parallel.PROCESS_ENV")
     args = parser.parse_args(argv)
-    env = data_parallel.PROCESS_ENV if args.interleave else MALLOC_ENV
-    if not args.raw and any(os.environ.get(n) != v for n, v in env.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **env})
+    env = data_parallel.process_environment(
+        os.environ, data_parallel.PROCESS_ENV if args.interleave else MALLOC_ENV)
+    if not args.raw and env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     torch.set_num_interop_threads(1)  # before any parallel work
     if args.check:
         worst = check(list(CONFIGS), args.form)

@@ -311,10 +311,9 @@ def main(argv=None):
     parser.add_argument("--raw", action="store_true",
                         help="do not restart with data_parallel.PROCESS_ENV")
     args = parser.parse_args(argv)
-    env = data_parallel.PROCESS_ENV
-    if not args.raw and any(os.environ.get(n) != v for n, v in env.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **env})
+    env = data_parallel.process_environment(os.environ)
+    if not args.raw and env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     threads = args.threads or sorted({1, data_parallel.default_threads()})
     for line in machine_summary():
         print(line)

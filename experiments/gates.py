@@ -484,7 +484,7 @@ def main(argv=None, log=print):
 
 
 if __name__ == "__main__":
-    if not all(os.environ.get(k) == v for k, v in data_parallel.PROCESS_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  {**os.environ, **data_parallel.PROCESS_ENV})
+    env = data_parallel.process_environment(os.environ)
+    if env != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     main()

@@ -192,3 +192,22 @@ def test_process_env_puts_mallocs_heap_on_huge_pages():
         assert huge_kib > 0
     else:  # glibc ignores the tunable there: ordinary pages, a count the kernel still reports
         assert huge_kib >= 0
+
+
+def test_process_environment_sets_every_variable_and_keeps_a_users_other_tunables():
+    settings = data_parallel.PROCESS_ENV
+    plain = data_parallel.process_environment({"HOME": "/h"})
+    assert plain == {"HOME": "/h", **settings}
+    users = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0",
+             "OPENBLAS_NUM_THREADS": "4"}
+    env = data_parallel.process_environment(users)
+    # the user's other tunable stays, the one of the same name takes the setting's value
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + settings["GLIBC_TUNABLES"]
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
+    assert users["GLIBC_TUNABLES"].endswith("hugetlb=0")  # the mapping given is not changed
+    # applied twice it is applied once: a process started with it is not started again
+    assert data_parallel.process_environment(env) == env
+    assert data_parallel.process_environment(plain) == plain
+    # a subset of the settings (PyTorch's benchmark takes only malloc's) touches nothing else
+    only = {"GLIBC_TUNABLES": settings["GLIBC_TUNABLES"]}
+    assert data_parallel.process_environment({"X": "1"}, only) == {"X": "1", **only}

@@ -41,9 +41,10 @@ heap, so the pad is set to 64 MiB (without it, each shard thread of the large be
 faulted about 6,800 pages back in per step). And glibc's malloc asks the kernel for huge
 pages (2 MiB) under its heaps (the tunable ``glibc.malloc.hugetlb=1``, where transparent huge
 pages are on or on request, as on most Linux systems), fewer and larger pages to map a step's
-arrays (measured: the small benchmark step about 5 % faster at one and two threads). Setting
-``GLIBC_TUNABLES`` replaces other tunables set there; a glibc older than 2.35 ignores it. All
-are read only when the process starts. docs/performance.md has the measurements.
+arrays (measured: the small benchmark step about 5 % faster at one and two threads; a glibc
+older than 2.35 ignores it). ``process_environment`` applies the settings to an environment,
+adding the tunable to any others already in ``GLIBC_TUNABLES``. All are read only when the
+process starts. docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ PROCESS_ENV = {
     "MALLOC_TOP_PAD_": str(64 * 2 ** 20),  # ... nor a shard thread's heaps (64 MiB at most)
     "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",  # the heaps on huge pages where possible
 }
+
+
+def process_environment(environ, settings=None):
+    """``environ`` (a mapping, such as ``os.environ``) with ``settings`` applied, as a new dict.
+
+    ``settings`` defaults to ``PROCESS_ENV``; each of its variables takes its value, except
+    ``GLIBC_TUNABLES``, a list ``name=value:name=value``, where the settings' tunables replace
+    those of the same name and the others already there are kept (before them). Applying it
+    twice gives what applying it once does, so ``process_environment(os.environ) ==
+    dict(os.environ)`` says that a process already runs with the settings.
+    """
+    settings = PROCESS_ENV if settings is None else settings
+    env = dict(environ)
+    env.update(settings)
+    if settings.get("GLIBC_TUNABLES") and environ.get("GLIBC_TUNABLES"):
+        ours = settings["GLIBC_TUNABLES"].split(":")
+        names = {item.split("=", 1)[0] for item in ours}
+        kept = [item for item in environ["GLIBC_TUNABLES"].split(":")
+                if item and item.split("=", 1)[0] not in names]
+        env["GLIBC_TUNABLES"] = ":".join(kept + ours)
+    return env
 
 _POOLS = {}
 _POOLS_LOCK = threading.Lock()

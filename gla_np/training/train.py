@@ -818,9 +818,9 @@ def _relaunch_for_threads(argv):
     cores and spin (measured, docs/performance.md).
     """
     build_parser().parse_args(argv)  # --help and bad options exit here, before relaunch
-    if all(os.environ.get(name) == value for name, value in data_parallel.PROCESS_ENV.items()):
+    env = data_parallel.process_environment(os.environ)
+    if env == dict(os.environ):
         return
-    env = {**os.environ, **data_parallel.PROCESS_ENV}
     os.execve(sys.executable, [sys.executable, "-m", "gla_np.train", *argv], env)
 
 
