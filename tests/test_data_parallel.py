@@ -2,8 +2,11 @@
 
 import os
 import platform
+import select
+import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -211,3 +214,35 @@ def test_process_environment_sets_every_variable_and_keeps_a_users_other_tunable
     # a subset of the settings (PyTorch's benchmark takes only malloc's) touches nothing else
     only = {"GLIBC_TUNABLES": settings["GLIBC_TUNABLES"]}
     assert data_parallel.process_environment({"X": "1"}, only) == {"X": "1", **only}
+
+
+def test_a_forked_child_runs_its_own_shards():
+    # the parent's pool (made by the first call) has no threads in a child made by fork; the
+    # child's two-thread step must make its own, not wait for the parent's forever
+    config = _config()
+    params, ids, targets = _problem(config)
+    one = lm.loss_and_grads(params, ids, targets, config)
+    data_parallel.loss_and_grads(params, ids, targets, config, threads=2)
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork in a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report the loss through the pipe, then exit at once
+        status = 1
+        try:
+            os.close(read)
+            loss = data_parallel.loss_and_grads(params, ids, targets, config, threads=2)[0]
+            os.write(write, repr(float(loss)).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)  # a child stuck on the parent's pool
+    if not ready:                                    # never writes
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        reported = f.read()
+    assert ready, "the forked child's two-thread step did not end in 60 s"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert float(reported) == pytest.approx(float(one[0]), rel=1e-13)

@@ -95,6 +95,19 @@ _POOLS = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools_after_fork():
+    """In a child made by ``os.fork`` (``multiprocessing``'s default start on Linux): the
+    parent's pools hold worker threads that do not exist in the child, and work given to them
+    would wait forever, so the child starts with no pools and a lock of its own."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 def default_threads():
     """The number of cores this process may run on (at least 1)."""
     try:
