@@ -150,6 +150,17 @@ def test_a_signal_while_the_outcome_is_reported_raises_nothing(tmp_path, monkeyp
     assert err.count("\n") == 1 and "interrupted by SIGINT at step 3 of 6" in err
 
 
+def _assert_sigterm_stops_it_before_training(tmp_path, capsys):
+    """Run the command into tmp_path/run: a SIGTERM on the way must stop it before training,
+    with status 143, one line saying so, and no folder made."""
+    with pytest.raises(SystemExit) as exc:
+        train.main(TINY + ["--out", str(tmp_path / "run")])
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
+                                       "before training started; nothing was written\n")
+    assert not (tmp_path / "run").exists()
+
+
 def _signal_burst(out, count, gap):
     """Start a long run into ``out``, send ``count`` signals (SIGINT and SIGTERM mixed) ``gap``
     seconds apart once it is past step 3; its (returncode, stderr)."""
@@ -197,12 +208,7 @@ def test_a_signal_while_the_run_is_checked_stops_at_once(tmp_path, monkeypatch, 
         raise AssertionError("the signal did not stop the checks")
 
     monkeypatch.setattr(text, "run_options", blocking_read)
-    with pytest.raises(SystemExit) as exc:
-        train.main(TINY + ["--out", str(tmp_path / "run")])
-    assert exc.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
-                                       "before training started; nothing was written\n")
-    assert not (tmp_path / "run").exists()
+    _assert_sigterm_stops_it_before_training(tmp_path, capsys)
 
 
 def test_a_signal_while_the_folder_is_locked_leaves_nothing_behind(tmp_path, monkeypatch,
@@ -218,12 +224,7 @@ def test_a_signal_while_the_folder_is_locked_leaves_nothing_behind(tmp_path, mon
         return real()
 
     monkeypatch.setattr(_files, "holder_line", holder_line_under_fire)
-    with pytest.raises(SystemExit) as exc:
-        train.main(TINY + ["--out", str(tmp_path / "run")])
-    assert exc.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().err == ("python -m gla_np.train: stopped at once by SIGTERM "
-                                       "before training started; nothing was written\n")
-    assert not (tmp_path / "run").exists()
+    _assert_sigterm_stops_it_before_training(tmp_path, capsys)
 
 
 def test_a_burst_spread_over_the_exit_still_exits_with_the_signals_status(tmp_path):
